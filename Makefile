@@ -1,0 +1,29 @@
+# `make demo`: set up .venv and run the quick comparison; `make test`: set up .venv and run the CI tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-all lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+	touch $@
+
+demo: setup
+	$(PY) experiments/demo.py
+
+test: setup
+	$(PY) -m pytest -m "not slow and not gpu"
+
+test-all: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) benchmarks/bench_mixture.py

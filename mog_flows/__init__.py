@@ -1,0 +1,8 @@
+"""mog_flows: a differentiable mixture-of-Gaussians base distribution for nflows, and the experiments around it."""
+
+from .flows import build_flow
+from .mixture import MixtureOfGaussians
+
+__all__ = ["MixtureOfGaussians", "build_flow", "__version__"]
+
+__version__ = "0.1.0"

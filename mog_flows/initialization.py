@@ -1,0 +1,95 @@
+"""Data-driven initialisation of mixtures: k-means++ seeding, then Lloyd's k-means or EM.
+
+Shapes: N points, K components, D features. Everything runs in the data's dtype (float64 recommended).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .checks import check_choice
+from .gaussian import GaussianComponents
+
+__all__ = ["kmeans_plus_plus", "fit_mixture"]
+
+_MAX_POINTS = 20_000  # larger data sets are subsampled: initialisation needs the modes, not every point
+
+
+def kmeans_plus_plus(data: Tensor, num_components: int, generator: torch.Generator | None = None) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): centres (K, D) drawn one by one with probability
+    proportional to the squared distance to the nearest centre already chosen."""
+    first = torch.randint(data.shape[0], (1,), generator=generator, device=data.device)
+    centres = [data[first[0]]]
+    sq_dist = (data - centres[0]).square().sum(-1)
+    for _ in range(1, num_components):  # sequential by construction; K is small
+        total = sq_dist.sum()
+        probs = sq_dist / total if total > 0 else torch.full_like(sq_dist, 1 / len(sq_dist))
+        index = torch.multinomial(probs, 1, generator=generator)[0]
+        centres.append(data[index])
+        sq_dist = torch.minimum(sq_dist, (data - data[index]).square().sum(-1))
+    return torch.stack(centres)
+
+
+def fit_mixture(
+    data: Tensor,
+    num_components: int,
+    *,
+    covariance: str = "diagonal",
+    method: str = "em",
+    num_iterations: int = 20,
+    seed: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit a K-component mixture to data (N, D): k-means++ seeding then `num_iterations` of EM or k-means.
+
+    Returns weights (K,), means (K, D) and covariances (K, D) variances or (K, D, D), all positive / SPD:
+    a small ridge (1e-4 of the data variance) keeps every component proper, and empty components get a tiny
+    weight rather than zero.
+    """
+    check_choice("method", method, ("em", "kmeans"))
+    check_choice("covariance", covariance, ("diagonal", "full"))
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=data.device).manual_seed(seed)
+    if data.shape[0] > _MAX_POINTS:
+        data = data[torch.randperm(data.shape[0], generator=generator, device=data.device)[:_MAX_POINTS]]
+    N, D = data.shape
+    K = num_components
+    ridge = 1e-4 * data.var(0).mean().clamp(min=1e-12) if N > 1 else torch.tensor(1e-4, dtype=data.dtype)
+    means = kmeans_plus_plus(data, K, generator)
+    resp = _hard_assignment(data, means)
+    for _ in range(num_iterations):
+        weights, means, covariances = _maximisation(data, resp, covariance, ridge)
+        if method == "kmeans":
+            resp = _hard_assignment(data, means)
+        else:
+            log_w = weights.log()
+            if covariance == "diagonal":
+                components = GaussianComponents(means, log_scale=0.5 * covariances.log())
+            else:
+                factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(covariances))).mT
+                components = GaussianComponents(means, factor=factor)
+            resp = torch.softmax(log_w + components.log_prob(data), dim=-1)
+    return _maximisation(data, resp, covariance, ridge)
+
+
+def _hard_assignment(data: Tensor, means: Tensor) -> Tensor:
+    nearest = torch.cdist(data, means).argmin(-1)
+    return torch.nn.functional.one_hot(nearest, means.shape[0]).to(data.dtype)
+
+
+def _maximisation(data: Tensor, resp: Tensor, covariance: str, ridge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # M-step for responsibilities resp (N, K)
+    N, D = data.shape
+    counts = resp.sum(0)  # (K,)
+    weights = (counts / N).clamp(min=1e-6)
+    weights = weights / weights.sum()
+    safe = counts.clamp(min=1e-12).unsqueeze(-1)
+    means = (resp.T @ data) / safe  # (K, D)
+    centred = data.unsqueeze(1) - means  # (N, 1, D) - (K, D) -> (N, K, D)
+    if covariance == "diagonal":
+        variances = torch.einsum("nk,nkd->kd", resp, centred.square()) / safe + ridge
+        return weights, means, variances
+    covariances = torch.einsum("nk,nkd,nke->kde", resp, centred, centred) / safe.unsqueeze(-1)
+    covariances = covariances + ridge * torch.eye(D, dtype=data.dtype, device=data.device)
+    return weights, means, covariances

@@ -221,9 +221,13 @@ class MixtureOfGaussians(Distribution):
         return self.temperature if temperature is None else check_temperature(temperature)
 
     # ------------------------------------------------------------------ densities
-    def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
+    def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """Exact log density log Σ_k α_k N(x; μ_k, Σ_k) of inputs (N, D), given a context (N, C) if conditional -> (N,)."""
         inputs = self._check_inputs(inputs)
         context = self._check_context(context, rows=inputs.shape[0])
+        return self._log_prob(inputs, context)
+
+    def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
         log_weights, components = self._mixture(context)
         if context is None:
             return self._mixture_log_prob(inputs, log_weights, components)

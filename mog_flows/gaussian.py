@@ -102,7 +102,9 @@ def full_log_prob(x: Tensor, loc: Tensor, factor: Tensor) -> Tensor:
 
 
 def full_log_prob_shared(x: Tensor, loc: Tensor, factor: Tensor) -> Tensor:
-    """Full-covariance log-densities for components shared by the batch: x (N, D), loc (K, D), factor (K, D, D) -> (N, K).
+    """Full-covariance log-densities of components shared by the batch.
+
+    x (N, D), loc (K, D), factor (K, D, D) -> (N, K).
 
     U x is computed for all K at once as one matrix product x Wᵀ with W the stacked factors (K·D, D);
     the whitened difference U x - U μ is then a plain subtraction with no cancellation beyond that of x - μ.

@@ -57,7 +57,9 @@ class MixtureOfGaussians(Distribution):
         self.features = check_positive_int("features", features)
         self.num_components = check_positive_int("num_components", num_components)
         self.covariance = check_choice("covariance", covariance, COVARIANCES)
-        self.context_features = None if context_features is None else check_positive_int("context_features", context_features)
+        self.context_features = (
+            None if context_features is None else check_positive_int("context_features", context_features)
+        )
         self.temperature = temperature
         self.num_inner = check_positive_int("num_inner", num_inner)
         self.estimator = estimator
@@ -147,7 +149,9 @@ class MixtureOfGaussians(Distribution):
         self.loc.copy_(means)
         if self.covariance == "diagonal":
             if covariances.shape != (K, D):
-                raise ValueError(f"diagonal covariances are variances of shape ({K}, {D}); got {tuple(covariances.shape)}")
+                raise ValueError(
+                    f"diagonal covariances are variances of shape ({K}, {D}); got {tuple(covariances.shape)}"
+                )
             if (covariances <= 0).any():
                 raise ValueError("diagonal covariances (variances) must be positive")
             self.log_scale.copy_(0.5 * covariances.log())
@@ -192,7 +196,9 @@ class MixtureOfGaussians(Distribution):
         if by_weight:
             order = torch.argsort(params["weights"], dim=-1, descending=True)
             params = {
-                name: torch.take_along_dim(value, order.view(*order.shape, *([1] * (value.dim() - order.dim()))), dim=order.dim() - 1)
+                name: torch.take_along_dim(
+                    value, order.view(*order.shape, *([1] * (value.dim() - order.dim()))), dim=order.dim() - 1
+                )
                 for name, value in params.items()
             }
         return params
@@ -222,7 +228,8 @@ class MixtureOfGaussians(Distribution):
 
     # ------------------------------------------------------------------ densities
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        """Exact log density log Σ_k α_k N(x; μ_k, Σ_k) of inputs (N, D), given a context (N, C) if conditional -> (N,)."""
+        """Exact log density log Σ_k α_k N(x; μ_k, Σ_k) of inputs (N, D) -> (N,), given a context (N, C) if
+        conditional."""
         inputs = self._check_inputs(inputs)
         context = self._check_context(context, rows=inputs.shape[0])
         return self._log_prob(inputs, context)
@@ -315,15 +322,21 @@ class MixtureOfGaussians(Distribution):
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def initialize_from_data(self, data: Tensor, *, method: str = "em", num_iterations: int = 20, seed: int | None = None) -> None:
+    def initialize_from_data(
+        self, data: Tensor, *, method: str = "em", num_iterations: int = 20, seed: int | None = None
+    ) -> None:
         """Fit the mixture to data (N, D) by k-means++ seeding followed by `num_iterations` of EM ("em") or
         Lloyd's k-means ("kmeans"). A conditional base is initialised at the marginal fit (its output bias)."""
         from .initialization import fit_mixture
 
         data = check_features("data", torch.as_tensor(data), self.features)
         weights, means, covariances = fit_mixture(
-            data.to(torch.float64), self.num_components, covariance=self.covariance,
-            method=method, num_iterations=num_iterations, seed=seed,
+            data.to(torch.float64),
+            self.num_components,
+            covariance=self.covariance,
+            method=method,
+            num_iterations=num_iterations,
+            seed=seed,
         )
         if self.context_net is None:
             self.set_parameters(weights, means, covariances)
@@ -340,4 +353,3 @@ class MixtureOfGaussians(Distribution):
             f"features={self.features}, num_components={self.num_components}, covariance={self.covariance!r}, "
             f"temperature={self.temperature:g}, estimator={self.estimator!r}{conditional}"
         )
-

@@ -84,7 +84,9 @@ def nested_log_prob(
         c, _ = gumbel_softmax(log_weights, temperature, min(chunk, num_inner - start))
         inner = components.soft_select(c)  # B + (m, ...)
         if track:
-            partial_sums.append(checkpoint(_mean_density_chunk, z, inner, use_reentrant=False, preserve_rng_state=False))
+            partial_sums.append(
+                checkpoint(_mean_density_chunk, z, inner, use_reentrant=False, preserve_rng_state=False)
+            )
         else:
             partial_sums.append(_mean_density_chunk(z, inner))
     return torch.logsumexp(torch.stack(partial_sums, dim=-1), dim=-1) - math.log(num_inner)

@@ -194,7 +194,9 @@ def test_gumbel_joint_is_component_density_plus_concrete_density():
     torch.testing.assert_close(z, z2)
     loc, scale = c @ means, c @ variances.sqrt()
     expected = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
-    expected = expected + torch.distributions.RelaxedOneHotCategorical(torch.tensor(0.7, dtype=torch.float64), probs=weights).log_prob(c)
+    expected = expected + torch.distributions.RelaxedOneHotCategorical(
+        torch.tensor(0.7, dtype=torch.float64), probs=weights
+    ).log_prob(c)
     torch.testing.assert_close(log_p, expected, rtol=1e-8, atol=1e-8)
 
 
@@ -228,7 +230,9 @@ def test_initialize_from_data_finds_the_modes(covariance):
     means = base.mixture_parameters()["means"].detach()
     distance = torch.cdist(centres, means).min(-1).values
     assert (distance < 0.1).all(), distance
-    torch.testing.assert_close(base.mixture_parameters()["weights"].detach(), torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.03, rtol=0)
+    torch.testing.assert_close(
+        base.mixture_parameters()["weights"].detach(), torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.03, rtol=0
+    )
 
 
 def test_conditional_sample_shapes_and_initialisation():
@@ -252,7 +256,9 @@ def test_conditional_log_prob_matches_unconditional_per_row():
     x = torch.randn(4, 2, dtype=torch.float64)
     params = base.mixture_parameters(context)
     for i in range(4):
-        single = MixtureOfGaussians.from_parameters(params["weights"][i].detach(), params["means"][i].detach(), params["covariances"][i].detach())
+        single = MixtureOfGaussians.from_parameters(
+            params["weights"][i].detach(), params["means"][i].detach(), params["covariances"][i].detach()
+        )
         torch.testing.assert_close(base.log_prob(x[i : i + 1], context[i : i + 1]), single.log_prob(x[i : i + 1]))
 
 
@@ -322,7 +328,10 @@ def test_bad_input_unconditional(call, match):
         (lambda b: b.log_prob(torch.zeros(4, 2), context=torch.zeros(4, 5)), r"context must have shape \(N, 3\)"),
         (lambda b: b.log_prob(torch.zeros(4, 2), context=torch.zeros(3, 3)), "one row per input"),
         (lambda b: b.sample(4), "conditional: pass a context"),
-        (lambda b: b.log_prob(torch.zeros(1, 2), context=torch.tensor([[0.0, float("nan"), 0.0]])), "context must be finite"),
+        (
+            lambda b: b.log_prob(torch.zeros(1, 2), context=torch.tensor([[0.0, float("nan"), 0.0]])),
+            "context must be finite",
+        ),
     ],
 )
 def test_bad_input_conditional(call, match):

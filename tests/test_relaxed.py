@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from mog_flows import MixtureOfGaussians
-from mog_flows import relaxed
+from mog_flows import MixtureOfGaussians, relaxed
 from mog_flows.gaussian import GaussianComponents, unpack_precision_factor
 from mog_flows.relaxed import concrete_log_prob, gumbel_softmax
 
@@ -19,7 +18,9 @@ def test_concrete_density_matches_torch():
     for tau in (0.1, 0.5, 2.0):
         c, log_c = gumbel_softmax(log_weights, tau, 100)
         reference = torch.distributions.RelaxedOneHotCategorical(torch.tensor(tau, dtype=DOUBLE), logits=log_weights)
-        torch.testing.assert_close(concrete_log_prob(log_c, log_weights, tau), reference.log_prob(c), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            concrete_log_prob(log_c, log_weights, tau), reference.log_prob(c), rtol=1e-9, atol=1e-9
+        )
 
 
 @pytest.mark.parametrize("tau", [0.3, 1.0, 2.5])
@@ -35,7 +36,8 @@ def test_concrete_density_integrates_to_one_for_two_components(tau):
 @pytest.mark.parametrize("tau", [0.5, 1.0])
 def test_concrete_density_integrates_to_one_for_three_components(tau):
     log_weights = torch.log(torch.tensor([0.2, 0.3, 0.5], dtype=DOUBLE))
-    # the simplex in softmax coordinates c = softmax(s_1, s_2, 0); the Jacobian of (s_1, s_2) -> (c_1, c_2) is c_1 c_2 c_3
+    # the simplex in softmax coordinates c = softmax(s_1, s_2, 0);
+    # the Jacobian of (s_1, s_2) -> (c_1, c_2) is c_1 c_2 c_3
     s = torch.linspace(-40, 40, 1601, dtype=DOUBLE)
     s1, s2 = torch.meshgrid(s, s, indexing="ij")
     log_c = torch.log_softmax(torch.stack([s1, s2, torch.zeros_like(s1)], -1), -1)
@@ -140,7 +142,9 @@ def closed_form_expectations(logits, loc, log_scale, frequency):
     weights = torch.softmax(logits, -1)
     scale = log_scale.exp()
     second = (weights[:, None] * (loc.square() + scale.square())).sum()
-    cosine = (weights * torch.cos(loc @ frequency) * torch.exp(-0.5 * (frequency.square() * scale.square()).sum(-1))).sum()
+    cosine = (
+        weights * torch.cos(loc @ frequency) * torch.exp(-0.5 * (frequency.square() * scale.square()).sum(-1))
+    ).sum()
     return second + 3 * cosine
 
 

@@ -1,0 +1,574 @@
+"""Tests of `mog_flows.training.fit`: learning, exact resumption after interruptions (data errors, exceptions,
+KeyboardInterrupt, SIGINT during an update), refused data, divergence, corrupt checkpoints, base initialisation,
+temperature annealing, the progress bar and argument errors.
+
+Shapes: N rows, D = 2 features, C = 1 context feature. Flows are tiny (two layers of width 16) and runs short.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from mog_flows import MixtureOfGaussians, build_flow
+from mog_flows.training import History, TrainingDivergedError, fit, load_checkpoint
+
+SMALL = dict(num_layers=2, hidden_features=16, num_components=3)
+MODES = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]])  # (K, D) well separated, scale 0.5
+STEPS, EVERY, BATCH = 12, 5, 64  # interruption tests: checkpoints after steps 0, 5, 10 and 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny networks gain nothing from intra-op threads, and two threads on a busy 2-core machine are slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mixture_sample(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n points (n, 2) from the equal-weight mixture of N(MODES_k, 0.5² I)."""
+    k = torch.randint(len(MODES), (n,), generator=generator)
+    return MODES[k] + 0.5 * torch.randn(n, 2, generator=generator)
+
+
+def banana_sample(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    a = torch.randn(n, generator=generator)
+    return torch.stack([a, 0.5 * a**2 - 1 + 0.3 * torch.randn(n, generator=generator)], -1)
+
+
+def make_flow(seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_flow(2, **{**SMALL, **kwargs})
+
+
+def data_tensor(n: int = 1000, seed: int = 1) -> torch.Tensor:
+    return mixture_sample(n, torch.Generator().manual_seed(seed))
+
+
+def assert_same_parameters(a: nn.Module, b: nn.Module) -> None:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), f"{name} differs"
+
+
+def mean_nll(model: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return -model.log_prob(x).mean().item()
+
+
+# ------------------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("base", ["mog", "gaussian"])
+def test_fit_lowers_the_nll(base):
+    generator = torch.Generator().manual_seed(0)
+    x, val = banana_sample(2000, generator), banana_sample(500, generator)
+    flow = make_flow(base=base)
+    before = mean_nll(flow, val)
+    history = fit(flow, x, steps=80, batch_size=128, lr=3e-3, val_data=val, checkpoint_every=40, progress=False)
+
+    assert isinstance(history, History)
+    assert history.steps == len(history.train_loss) == len(history.grad_norm) == len(history.learning_rate) == 80
+    assert all(math.isfinite(v) for v in history.train_loss)
+    assert history.val_steps == [40, 80] and len(history.val_nll) == 2
+    assert history.val_nll[-1] == pytest.approx(mean_nll(flow, val), abs=1e-5)
+    assert history.val_nll[-1] < before - 0.5
+    assert sum(history.train_loss[-10:]) < sum(history.train_loss[:10])
+    assert history.best_val_nll == min(history.val_nll) and history.best_step in history.val_steps
+    assert history.wall_time > 0
+    # cosine decay from lr towards 0
+    assert history.learning_rate[0] == 3e-3 and history.learning_rate == sorted(history.learning_rate, reverse=True)
+
+
+def test_fit_trains_a_mixture_alone_and_a_conditional_flow():
+    base = MixtureOfGaussians(2, 3)
+    x = data_tensor(800)
+    history = fit(base, x, steps=20, batch_size=128, lr=1e-2, progress=False)
+    assert history.val_nll == [] and history.best_val_nll is None
+    # entropy of the target: log 3 + log(2πe · 0.25) ≈ 2.52 nats; k-means++/EM initialisation gets close
+    assert mean_nll(base, x) < 2.7
+
+    generator = torch.Generator().manual_seed(0)
+    context = torch.rand(1000, 1, generator=generator) * 4 - 2
+    y = 2 * context + 0.3 * torch.randn(1000, 2, generator=generator)  # (N, D)
+    flow = make_flow(context_features=1)
+    with torch.no_grad():
+        before = -flow.log_prob(y, context=context).mean().item()
+    history = fit(
+        flow,
+        (y, context),
+        steps=40,
+        batch_size=128,
+        lr=5e-3,
+        val_data=(y, context),
+        checkpoint_every=20,
+        progress=False,
+    )
+    assert history.val_nll[-1] < before - 1.0
+    with pytest.raises(ValueError, match="context"):
+        fit(make_flow(context_features=1), y, steps=1, progress=False)
+
+
+def test_validation_and_checkpoints_do_not_change_the_trajectory(tmp_path):
+    x, val = data_tensor(500), data_tensor(300, seed=2)
+    plain, observed = make_flow(), make_flow()
+    fit(plain, x, steps=8, batch_size=BATCH, progress=False)
+    fit(
+        observed,
+        x,
+        steps=8,
+        batch_size=BATCH,
+        progress=False,
+        val_data=val,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=3,
+    )
+    assert_same_parameters(plain, observed)
+
+
+def test_fit_leaves_the_global_rng_as_it_was():
+    model = make_flow()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    fit(model, lambda n: mixture_sample(n), steps=3, batch_size=BATCH, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# --------------------------------------------------------------------------------------------------- resumption
+class Target:
+    """Callable data n -> (n, 2) from torch's global RNG; its `fail_at`-th training draw raises `error`."""
+
+    def __init__(self, fail_at: int | None = None, error: BaseException | None = None) -> None:
+        self.fail_at, self.error, self.draws = fail_at, error, 0
+
+    def __call__(self, n: int) -> torch.Tensor:
+        sample = mixture_sample(n)
+        if n == BATCH:  # the probe (8 rows) and the initialisation sample (5000 rows) are not counted
+            self.draws += 1
+            if self.draws == self.fail_at:  # after using the global RNG, as a source failing midway would
+                raise self.error
+        return sample
+
+
+def raise_in_log_prob(model: nn.Module, at: int, action) -> None:
+    """Make the `at`-th training call of model.log_prob run `action` (raise, or send SIGINT) first."""
+    original, calls = model.log_prob, [0]
+
+    def log_prob(x, context=None):
+        if torch.is_grad_enabled():  # training steps only; the probe and validation run without gradients
+            calls[0] += 1
+            if calls[0] == at:
+                action()
+        return original(x, context=context)
+
+    model.log_prob = log_prob
+
+
+def sigint() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def raise_(error: BaseException):
+    def action():
+        raise error
+
+    return action
+
+
+INTERRUPTIONS = [
+    # (data source, how, expected exception, last completed step saved in latest.pt)
+    pytest.param("callable", "data-error", RuntimeError, 6, id="callable-data-error"),
+    pytest.param("callable", "data-keyboard-interrupt", KeyboardInterrupt, 6, id="callable-data-keyboard-interrupt"),
+    pytest.param("tensor", "model-error", RuntimeError, 6, id="tensor-model-error"),
+    pytest.param("tensor", "model-keyboard-interrupt", KeyboardInterrupt, 6, id="tensor-model-keyboard-interrupt"),
+    pytest.param("tensor", "sigint-in-loss", KeyboardInterrupt, 6, id="tensor-sigint-in-loss"),
+    pytest.param("callable", "sigint-in-update", KeyboardInterrupt, 7, id="callable-sigint-in-update"),
+    pytest.param("tensor", "sigint-in-update", KeyboardInterrupt, 7, id="tensor-sigint-in-update"),
+]
+
+
+@pytest.mark.parametrize("source, how, error, saved_step", INTERRUPTIONS)
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(tmp_path, source, how, error, saved_step):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    x, val = data_tensor(500), data_tensor(200, seed=2)
+    arguments = dict(
+        steps=STEPS, batch_size=BATCH, lr=3e-3, seed=3, val_data=val, checkpoint_every=EVERY, progress=False
+    )
+    model = make_flow()
+    reference, interrupted = copy.deepcopy(model), copy.deepcopy(model)
+    target = Target()
+    data = x if source == "tensor" else target
+    expected = fit(reference, data, checkpoint_dir=tmp_path / "reference", **arguments)
+
+    target = Target()
+    data = x if source == "tensor" else target
+    hook = None
+    if how == "data-error":
+        target.fail_at, target.error = 7, RuntimeError("the data source broke")
+    elif how == "data-keyboard-interrupt":
+        target.fail_at, target.error = 7, KeyboardInterrupt()
+    elif how == "model-error":
+        raise_in_log_prob(interrupted, 7, raise_(RuntimeError("the model broke")))
+    elif how == "model-keyboard-interrupt":
+        raise_in_log_prob(interrupted, 7, raise_(KeyboardInterrupt()))
+    elif how == "sigint-in-loss":
+        raise_in_log_prob(interrupted, 7, sigint)
+    else:  # SIGINT while the 7th step updates the parameters: the step completes first
+        updates = [0]
+
+        def pre_step(optimizer, args, kwargs):
+            updates[0] += 1
+            if updates[0] == 7:
+                sigint()
+
+        hook = register_optimizer_step_pre_hook(pre_step)
+    directory = tmp_path / "interrupted"
+    try:
+        with pytest.raises(error):
+            fit(interrupted, data, checkpoint_dir=directory, **arguments)
+    finally:
+        if hook is not None:
+            hook.remove()
+    checkpoint = torch.load(directory / "latest.pt", weights_only=True)
+    assert checkpoint["step"] == saved_step
+    assert len(checkpoint["history"]["train_loss"]) == saved_step
+
+    if "log_prob" in vars(interrupted):
+        del interrupted.log_prob
+    target.fail_at = None
+    resumed = fit(interrupted, data, checkpoint_dir=directory, **arguments)
+    assert_same_parameters(reference, interrupted)
+    assert resumed.train_loss == expected.train_loss
+    assert resumed.val_nll == expected.val_nll and resumed.val_steps == expected.val_steps == [5, 10, 12]
+    assert resumed.best_step == expected.best_step
+
+
+def test_two_interruptions_and_a_finished_run(tmp_path):
+    x = data_tensor(500)
+    arguments = dict(steps=STEPS, batch_size=BATCH, checkpoint_every=EVERY, progress=False)
+    reference, model = make_flow(), make_flow()
+    fit(reference, x, **arguments)
+    for at in (3, 5):  # each resumed call counts its own log_prob calls
+        raise_in_log_prob(model, at, raise_(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            fit(model, x, checkpoint_dir=tmp_path, **arguments)
+        del model.log_prob
+    history = fit(model, x, checkpoint_dir=tmp_path, **arguments)
+    assert_same_parameters(reference, model)
+    # calling fit on a finished run changes nothing
+    again = fit(model, x, checkpoint_dir=tmp_path, **arguments)
+    assert_same_parameters(reference, model)
+    assert again.train_loss == history.train_loss
+
+
+def test_checkpoint_layout(tmp_path):
+    x, val = data_tensor(500), data_tensor(200, seed=2)
+    model = make_flow()
+    history = fit(
+        model, x, steps=7, batch_size=BATCH, val_data=val, checkpoint_dir=tmp_path, checkpoint_every=3, progress=False
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "config.json", "latest.pt"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["steps"] == 7 and config["batch_size"] == BATCH and config["seed"] == 0
+    assert config["data"] == {**config["data"], "kind": "tensor", "rows": 500, "features": 2}
+
+    latest = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert {"format", "step", "config", "model", "optimizer", "scheduler", "history", "rng"} <= latest.keys()
+    assert latest["step"] == 7 and latest["config"] == config
+    assert {"torch", "batches"} <= latest["rng"].keys()
+    assert History.from_state_dict(latest["history"]).train_loss == history.train_loss
+
+    best = load_checkpoint(tmp_path / "best.pt", make_flow(seed=5))
+    assert best["step"] == history.best_step
+    assert history.val_steps == [3, 6, 7] and history.best_val_nll == min(history.val_nll)
+
+
+@pytest.mark.parametrize(
+    "change", [dict(batch_size=32), dict(lr=1e-2), dict(steps=20), dict(seed=1)], ids=lambda change: next(iter(change))
+)
+def test_resuming_with_other_arguments_is_refused(tmp_path, change):
+    x = data_tensor(300)
+    arguments = dict(steps=5, batch_size=BATCH, lr=1e-3, seed=0, checkpoint_every=2, progress=False)
+    fit(make_flow(), x, checkpoint_dir=tmp_path, **arguments)
+    with pytest.raises(ValueError, match=f"other settings.*{next(iter(change))}"):
+        fit(make_flow(), x, checkpoint_dir=tmp_path, **{**arguments, **change})
+    with pytest.raises(ValueError, match="data"):
+        fit(make_flow(), data_tensor(300, seed=9), checkpoint_dir=tmp_path, **arguments)
+
+
+# ------------------------------------------------------------------------------------------------ refused input
+def test_non_finite_data_is_refused(tmp_path):
+    x = data_tensor(100)
+    x[17, 1] = float("nan")
+    with pytest.raises(ValueError, match="data must be finite"):
+        fit(make_flow(), x, steps=3, checkpoint_dir=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
+    x[17, 1] = float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        fit(make_flow(), data_tensor(100), val_data=x, steps=3, progress=False)
+
+    def nan_source(n):
+        return torch.full((n, 2), float("nan"))
+
+    with pytest.raises(ValueError, match=r"data\(8\) must be finite"):
+        fit(make_flow(), nan_source, steps=3, progress=False)
+
+
+@pytest.mark.parametrize("model", ["flow-mog", "flow-gaussian", "mixture"])
+def test_a_wrong_feature_count_is_refused(model):
+    model = {
+        "flow-mog": lambda: make_flow(),
+        "flow-gaussian": lambda: make_flow(base="gaussian"),
+        "mixture": lambda: MixtureOfGaussians(2, 3),
+    }[model]()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="data has 3 features but the model expects 2"):
+        fit(model, torch.randn(100, 3), steps=3, progress=False)
+    with pytest.raises(ValueError, match="data has 3 features"):
+        fit(model, lambda n: torch.randn(n, 3), steps=3, progress=False)
+    with pytest.raises(ValueError, match="val_data has 3 features"):
+        fit(model, torch.randn(100, 2), val_data=torch.randn(10, 3), steps=3, progress=False)
+    with pytest.raises(ValueError, match=r"shape \(N, D\)"):
+        fit(model, torch.randn(100), steps=3, progress=False)
+    assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
+
+
+def test_a_model_that_fails_on_the_data_is_refused_before_training():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(3))
+
+        def log_prob(self, x):
+            return x @ self.weight  # needs D = 3
+
+    with pytest.raises(ValueError, match=r"model.log_prob fails on data of shape \(8, 2\)"):
+        fit(Broken(), torch.randn(100, 2), steps=3, progress=False)
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [
+        (dict(steps=0), "steps"),
+        (dict(steps=2.5), "steps"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=0.0), "lr"),
+        (dict(lr=-1e-3), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(checkpoint_every=0), "checkpoint_every"),
+        (dict(seed=-1), "seed"),
+        (dict(max_grad_norm=0.0), "max_grad_norm"),
+        (dict(device="not-a-device"), "device"),
+        (dict(temperature_schedule=(1.0, 0.0)), "temperature_schedule"),
+        (dict(temperature_schedule=(1.0,)), "temperature_schedule"),
+    ],
+)
+def test_bad_arguments_are_refused(arguments, match):
+    with pytest.raises(ValueError, match=match):
+        fit(make_flow(), data_tensor(100), **{"steps": 3, "progress": False, **arguments})
+
+
+def test_bad_model_and_data_types_are_refused():
+    with pytest.raises(TypeError, match="log_prob"):
+        fit(nn.Linear(2, 2), data_tensor(100), steps=3, progress=False)
+    with pytest.raises(TypeError, match="data must be a tensor"):
+        fit(make_flow(), [[0.0, 1.0]], steps=3, progress=False)
+    with pytest.raises(ValueError, match="temperature_schedule.*no MixtureOfGaussians"):
+        fit(make_flow(base="gaussian"), data_tensor(100), steps=3, temperature_schedule=(1, 0.1), progress=False)
+
+
+# -------------------------------------------------------------------------------------------------- divergence
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    model = make_flow()
+    wrapped, calls = model.log_prob, [0]
+
+    def nan_at_step_8(x, context=None):
+        log_p = wrapped(x, context=context)
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] == 8:
+                return log_p * float("nan")
+        return log_p
+
+    model.log_prob = nan_at_step_8
+    with pytest.raises(TrainingDivergedError, match="diverged at step 8 of 12.*last good checkpoint") as info:
+        fit(
+            model,
+            data_tensor(300),
+            steps=12,
+            batch_size=BATCH,
+            checkpoint_every=EVERY,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    assert isinstance(info.value, RuntimeError) and info.value.step == 8
+    assert info.value.checkpoint == tmp_path / "latest.pt"
+    del model.log_prob
+    checkpoint = load_checkpoint(tmp_path / "latest.pt", model)
+    assert checkpoint["step"] == 5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_huge_learning_rate_diverges_with_a_clear_error(tmp_path):
+    base = MixtureOfGaussians(2, 3)
+    with pytest.raises(TrainingDivergedError, match="diverged at step"):
+        fit(
+            base,
+            data_tensor(300),
+            steps=50,
+            batch_size=BATCH,
+            lr=1e6,
+            checkpoint_every=1000,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    restored = MixtureOfGaussians(2, 3)
+    assert load_checkpoint(tmp_path / "latest.pt", restored)["step"] == 0  # the initialised state
+    assert all(torch.isfinite(p).all() for p in restored.parameters())
+    assert torch.isfinite(restored.log_prob(data_tensor(10))).all()
+
+
+# ------------------------------------------------------------------------------------------ corrupt checkpoints
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garbage(path):
+    path.write_bytes(bytes(range(256)) * 8)
+
+
+def empty(path):
+    path.write_bytes(b"")
+
+
+def wrong_contents(path):
+    torch.save({"weights": torch.zeros(3)}, path)
+
+
+def arbitrary_object(path):
+    torch.save({"format": "mog_flows.fit/1", "step": io.BytesIO()}, path)
+
+
+def other_model(path):
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model"] = make_flow(hidden_features=8).state_dict()
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize(
+    "corrupt", [truncate, garbage, empty, wrong_contents, arbitrary_object, other_model], ids=lambda f: f.__name__
+)
+def test_a_corrupt_checkpoint_gives_a_clear_error(tmp_path, corrupt):
+    x = data_tensor(300)
+    arguments = dict(steps=4, batch_size=BATCH, checkpoint_every=2, checkpoint_dir=tmp_path, progress=False)
+    fit(make_flow(), x, **arguments)
+    corrupt(tmp_path / "latest.pt")
+    model = make_flow(seed=4)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"checkpoint .*latest\.pt"):
+        fit(model, x, **arguments)
+    with pytest.raises(ValueError, match=r"latest\.pt"):
+        load_checkpoint(tmp_path / "latest.pt", model)
+    assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------- base initialisation
+def test_init_base_fits_the_mixture_to_the_data_pushed_through_the_flow():
+    x = data_tensor(3000)
+    initialised, untouched = make_flow(), make_flow()
+    before = copy.deepcopy(untouched._distribution.state_dict())
+    # a single, tiny step: what changes the base is the initialisation
+    fit(initialised, x, steps=1, lr=1e-6, progress=False)
+    fit(untouched, x, steps=1, lr=1e-6, init_base=False, progress=False)
+    for name, value in untouched._distribution.state_dict().items():
+        torch.testing.assert_close(value, before[name], atol=1e-5, rtol=0)
+    assert not torch.allclose(initialised._distribution.loc, before["loc"], atol=0.5)
+
+    # a new flow is the identity, so the base space is the data space: the means sit on the modes
+    means = initialised._distribution.loc.detach()
+    distances = torch.cdist(MODES, means)  # (3, 3)
+    assert distances.min(1).values.max() < 0.15
+    assert distances.argmin(1).unique().numel() == 3
+    weights = initialised._distribution.mixture_parameters()["weights"].detach()
+    torch.testing.assert_close(weights, torch.full((3,), 1 / 3), atol=0.05, rtol=0)
+
+
+def test_init_base_on_a_mixture_alone_and_with_callable_data():
+    base = MixtureOfGaussians(2, 3)
+    fit(base, lambda n: mixture_sample(n), steps=1, lr=1e-6, progress=False)
+    distances = torch.cdist(MODES, base.loc.detach())
+    assert distances.min(1).values.max() < 0.15 and distances.argmin(1).unique().numel() == 3
+
+
+# ------------------------------------------------------------------------------------------- temperature, output
+def test_temperature_schedule_anneals_every_mixture_geometrically():
+    model = make_flow()
+    seen = []
+    original = model.log_prob
+
+    def log_prob(x, context=None):
+        if torch.is_grad_enabled():
+            seen.append(model._distribution.temperature)
+        return original(x, context=context)
+
+    model.log_prob = log_prob
+    fit(model, data_tensor(200), steps=5, batch_size=BATCH, temperature_schedule=(1.0, 0.0625), progress=False)
+    torch.testing.assert_close(torch.tensor(seen), torch.tensor([1.0, 0.5, 0.25, 0.125, 0.0625]))
+    assert model._distribution.temperature == pytest.approx(0.0625)
+
+
+def test_progress_false_prints_nothing(capfd, tmp_path):
+    fit(
+        make_flow(),
+        data_tensor(200),
+        steps=3,
+        batch_size=BATCH,
+        val_data=data_tensor(50),
+        checkpoint_every=2,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_progress_bar_shows_the_loss_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    fit(make_flow(), data_tensor(200), steps=3, batch_size=BATCH, progress=True)
+    assert "loss=" in terminal.getvalue() and "3/3" in terminal.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_resumes(tmp_path):
+    x = data_tensor(500)
+    arguments = dict(steps=STEPS, batch_size=BATCH, checkpoint_every=EVERY, device="cuda", progress=False)
+    reference, model = make_flow(), make_flow()
+    fit(reference, Target(), checkpoint_dir=tmp_path / "reference", **arguments)
+    assert next(reference.parameters()).device.type == "cuda"
+    target = Target(fail_at=7, error=RuntimeError("stop"))
+    with pytest.raises(RuntimeError, match="stop"):
+        fit(model, target, checkpoint_dir=tmp_path / "run", **arguments)
+    assert "cuda" in torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["rng"]
+    target.fail_at = None
+    fit(model, target, checkpoint_dir=tmp_path / "run", **arguments)
+    for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    fit(make_flow(), x, steps=3, batch_size=BATCH, device="cuda", progress=False)

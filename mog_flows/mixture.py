@@ -111,6 +111,15 @@ class MixtureOfGaussians(Distribution):
             )
         self._estimator = value
 
+    def get_extra_state(self) -> dict:
+        # saved in state_dict so a checkpoint restores the (possibly annealed) temperature and the estimator
+        return {"temperature": self.temperature, "estimator": self.estimator, "num_inner": self.num_inner}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.temperature = state["temperature"]
+        self.estimator = state["estimator"]
+        self.num_inner = check_positive_int("num_inner", state["num_inner"])
+
     # ------------------------------------------------------------------ parameters
     @classmethod
     def from_parameters(cls, weights: Tensor, means: Tensor, covariances: Tensor, **kwargs) -> MixtureOfGaussians:

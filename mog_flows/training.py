@@ -733,6 +733,8 @@ def _check_state_fits(model: nn.Module, state: dict[str, Any], path: Path) -> No
         )
     for name, value in expected.items():
         saved = state[name]
+        if not isinstance(value, Tensor):  # extra state (e.g. a mixture's temperature), checked by set_extra_state
+            continue
         if not isinstance(saved, Tensor) or saved.shape != value.shape:
             shape = tuple(saved.shape) if isinstance(saved, Tensor) else type(saved).__name__
             raise ValueError(

@@ -278,6 +278,14 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(base.log_prob(x), other.log_prob(x))
 
 
+def test_state_dict_keeps_temperature_and_estimator(tmp_path):
+    base = MixtureOfGaussians(2, 3, temperature=0.05, estimator="gumbel-joint", num_inner=64)
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    other = MixtureOfGaussians(2, 3)
+    other.load_state_dict(torch.load(tmp_path / "base.pt", weights_only=True))
+    assert (other.temperature, other.estimator, other.num_inner) == (0.05, "gumbel-joint", 64)
+
+
 # ---------------------------------------------------------------------------- errors
 def _base(**kwargs):
     return MixtureOfGaussians(2, 3, **kwargs)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from mog_flows import build_flow
+from mog_flows import build_flow, fit
 from mog_flows.datasets import get_dataset
 from mog_flows.evaluation import evaluate
 from mog_flows.plotting import plot_density_panels
-from mog_flows.training import fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

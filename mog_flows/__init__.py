@@ -2,7 +2,8 @@
 
 from .flows import build_flow
 from .mixture import MixtureOfGaussians
+from .training import fit
 
-__all__ = ["MixtureOfGaussians", "build_flow", "__version__"]
+__all__ = ["MixtureOfGaussians", "build_flow", "fit", "__version__"]
 
 __version__ = "0.1.0"

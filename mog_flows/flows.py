@@ -17,6 +17,7 @@ from nflows.transforms import (
     CompositeTransform,
     MaskedAffineAutoregressiveTransform,
     MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+    Permutation,
     PiecewiseRationalQuadraticCouplingTransform,
     RandomPermutation,
     ReversePermutation,
@@ -47,6 +48,19 @@ class _SoftplusAffineCoupling(AffineCouplingTransform):
         return nn.functional.softplus(unconstrained_scale) + _SCALE_EPSILON, shift
 
 
+class _StandardNormal(StandardNormal):
+    """nflows' `StandardNormal`, sampling in the dtype and on the device the module lives on (nflows draws in
+    torch's default dtype, so a float64 flow over it could not sample)."""
+
+    def __init__(self, shape):
+        super().__init__(shape)
+        self._log_z = self._log_z.to(torch.get_default_dtype())  # a buffer: follows .to(dtype/device) from here on
+
+    def _sample(self, num_samples, context):
+        batch = (num_samples,) if context is None else (context.shape[0], num_samples)
+        return torch.randn(*batch, *self._shape, dtype=self._log_z.dtype, device=self._log_z.device)
+
+
 def _identity_init(final_layer: nn.Linear, features: int, identity_bias: torch.Tensor) -> None:
     """Zero the last layer and set its bias to `identity_bias` (per-feature parameters) for every feature,
     in nflows' feature-major layout (feature, parameter) of autoregressive and spline conditioners."""
@@ -70,7 +84,7 @@ def _make_base(features, base, num_components, context_features, hidden_features
     if base == "gaussian":
         if base_kwargs:
             raise ValueError(f"base_kwargs {sorted(base_kwargs)} only apply to base='mog'")
-        return StandardNormal([features])
+        return _StandardNormal([features])
     base_kwargs.setdefault("hidden_features", hidden_features)
     return MixtureOfGaussians(features, num_components, context_features=context_features, **base_kwargs)
 
@@ -95,7 +109,8 @@ def build_flow(
         base: "mog" (a `MixtureOfGaussians` with `num_components` and `base_kwargs`), "gaussian" (standard
             normal) or any nflows `Distribution`.
         transform: "nsf" (rational-quadratic spline couplings; autoregressive when D = 1), "maf" (masked affine
-            autoregressive) or "realnvp" (affine couplings, D ≥ 2), alternating with feature permutations.
+            autoregressive) or "realnvp" (affine couplings, D ≥ 2), alternating with feature permutations, and a
+            last permutation that undoes their product, so that a new flow is the identity.
         hidden_features: width of the conditioner networks (and of a conditional base's context network).
         context_features: C; makes transforms and a "mog" base conditional on a context (N, C).
         num_bins, tail_bound: spline settings for "nsf" (identity outside [-tail_bound, tail_bound]).
@@ -113,6 +128,14 @@ def build_flow(
         if features > 1:
             layers.append(ReversePermutation(features) if index % 2 == 0 else RandomPermutation(features))
         layers.append(_make_layer(transform, features, index, hidden_features, context_features, num_bins, tail_bound))
+    if features > 1:
+        # undo the product of the permutations, so that a new flow is the identity (a permutation in front of the
+        # base would change a mixture's density; it adds nothing a learnable mixture cannot absorb)
+        net = torch.arange(features)
+        for layer in layers:
+            if isinstance(layer, Permutation):
+                net = net[layer._permutation]  # x[:, p1][:, p2] = x[:, p1[p2]]
+        layers.append(Permutation(torch.argsort(net)))
     return Flow(CompositeTransform(layers), distribution)
 
 
@@ -134,8 +157,13 @@ def _make_layer(transform, features, index, hidden_features, context_features, n
         return layer
     if transform == "nsf" and features == 1:
         layer = MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-            features, hidden_features, context_features=context_features, num_bins=num_bins,
-            tails="linear", tail_bound=tail_bound, num_blocks=2,
+            features,
+            hidden_features,
+            context_features=context_features,
+            num_bins=num_bins,
+            tails="linear",
+            tail_bound=tail_bound,
+            num_blocks=2,
         )
         _identity_init(layer.autoregressive_net.final_layer, features, _spline_identity_bias(num_bins))
         return layer

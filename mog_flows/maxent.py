@@ -1,0 +1,820 @@
+"""`fit_maxent`: maximum-entropy flow networks (MEFN; Loaiza-Ganem, Gao & Cunningham, ICLR 2017, arXiv 1701.03504),
+trained by the stochastic augmented Lagrangian method of the paper's Algorithm 1 and the authors' code
+(github.com/gabloa/max_ent_flow_nets, `MEFN_dirichlet_theano.ipynb`).
+
+Shapes: B minibatch rows (`batch_size`), D features, m constraints, E test batches (`test_batches`).
+
+Over the density q of a flow, the problem
+
+    maximise H(q) = -E_q[log q(x)]   subject to   R(q) = E_q[T(x)] - t = 0      (T: ℝᴰ → ℝᵐ, t ∈ ℝᵐ)
+
+is solved by minimising, for fixed multipliers λ (m,) and penalty c > 0, the augmented Lagrangian
+
+    L(q; λ, c) = -H(q) + λᵀR(q) + (c/2) ‖R(q)‖²
+
+for `epoch_steps` Adam steps (one augmented-Lagrangian epoch), then updating λ and c. Each step draws x_1..x_B and
+their log-densities from `flow.sample_and_log_prob(B)` (a `MixtureOfGaussians` base's `estimator` decides how a
+relaxed sample is scored) and descends the minibatch objective
+
+    -Ĥ + λᵀR̂ + (c/2) R̂₁ᵀR̂₂,      Ĥ = -(1/B) Σ_b log q(x_b),   R̂ = (1/B) Σ_b T(x_b) - t,
+
+R̂₁, R̂₂ the same means over the first and the second half of the batch. The halves are independent, so
+E[R̂₁ᵀR̂₂] = ‖R‖² and the term's gradient is unbiased for that of (c/2)‖R‖² (R̂ᵀR̂ is biased by tr Cov T / B).
+After each epoch, from E fresh test batches of B samples of the training-time sampler (`augmented_lagrangian_update`):
+
+    λ ← λ + c R̂        R̂ pooled over the E·B samples;
+    c ← β c            when ‖R‖ did not fall below γ times its value after the previous epoch (the first epoch
+                       compares with the initial model): a one-sided Welch test at level α rejects
+                       E[s] ≤ γ² E[s_prev], s_e = R̂_{e,1}ᵀR̂_{e,2} the unbiased split-half estimate of ‖R‖² from
+                       test batch e (the authors test E‖R̂_e‖ ≤ γ E‖R̂_e,prev‖, `penalty_test="norm"`);
+    stop               when each constraint passes its two-sided t-test of E[T_j] = t_j at level α/m (Bonferroni),
+                       with τ at the end of its annealing schedule.
+
+The delivered model is the flow over the *exact* base: `flow.sample`, `flow.log_prob`. The result's entropy and
+violation are measured on fresh exact samples with exact log-densities, and each epoch's history keeps the
+training-time estimates beside the exact ones, so that the gap between them is visible.
+
+With `checkpoint_dir`, the state at the end of every epoch (model, optimizer, λ, c, the last test statistics, history,
+RNG) goes to `latest.pt` (format "mog_flows.maxent/1", readable with `torch.load(..., weights_only=True)`), and
+calling `fit_maxent` again with the same arguments resumes from it and ends with the result of an uninterrupted run
+(bitwise on the CPU). An interruption inside an epoch loses that epoch's steps only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from nflows.distributions import Distribution
+from torch import Tensor
+from tqdm import tqdm
+
+from .checks import check_choice, check_finite, check_positive_int
+from .mixture import MixtureOfGaussians
+from .training import TrainingDivergedError, _check_state_fits, _eval_mode, _first_line, _write_atomic
+
+__all__ = [
+    "fit_maxent",
+    "MaxEntResult",
+    "MaxEntHistory",
+    "LagrangianUpdate",
+    "augmented_lagrangian_update",
+    "penalty_statistics",
+    "PENALTY_TESTS",
+    "FINAL_TEMPERATURE",
+    "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = "mog_flows.maxent/1"
+PENALTY_TESTS = ("split", "norm")
+FINAL_TEMPERATURE = 0.05  # where τ of a Gumbel-estimated mixture base is annealed to by default
+_PROBE_ROWS = 4
+_EVAL_CHUNK = 4096  # rows per pass in the final exact evaluation
+
+Statistic = Callable[[Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below the mean; use the symmetry above it
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 100_000):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),  # even term d_{2m}
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),  # odd term d_{2m+1}
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def _student_t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with `df` degrees of freedom."""
+    if math.isnan(t):
+        return math.nan
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))  # P(T > |t|)
+    return tail if t >= 0 else 1.0 - tail
+
+
+def _welch_greater(sample: Tensor, reference: Tensor) -> float:
+    """p-value of Welch's one-sided test of H0: E[sample] ≤ E[reference] against E[sample] > E[reference]."""
+    n1, n2 = sample.numel(), reference.numel()
+    v1, v2 = sample.var().item() / n1, reference.var().item() / n2
+    difference = sample.mean().item() - reference.mean().item()
+    if v1 + v2 == 0:
+        return 0.0 if difference > 0 else 1.0
+    df = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))  # Welch–Satterthwaite
+    return _student_t_sf(difference / math.sqrt(v1 + v2), df)
+
+
+def _mean_is_zero(values: Tensor) -> Tensor:
+    """Two-sided one-sample t-test p-values of H0: E[values_j] = 0 for each column of values (N, m) -> (m,)."""
+    n = values.shape[0]
+    mean, std_error = values.mean(0), values.std(0) / math.sqrt(n)
+    p_values = []
+    for mu, se in zip(mean.tolist(), std_error.tolist()):
+        if se == 0:
+            p_values.append(1.0 if mu == 0 else 0.0)
+        else:
+            p_values.append(min(1.0, 2 * _student_t_sf(abs(mu) / se, n - 1)))
+    return torch.tensor(p_values, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------- the schedule
+@dataclass(frozen=True)
+class LagrangianUpdate:
+    """What `augmented_lagrangian_update` decided.
+
+    Attributes:
+        multipliers: λ + c R̂, shape (m,).
+        penalty: β c if `increased`, else c.
+        statistics: the per-batch s_e (E,) of the penalty test, the reference of the next epoch's test.
+        violation: R̂ pooled over all test samples, shape (m,).
+        welch_p_value: p of the one-sided Welch test that ‖R‖ fell below γ times its previous value.
+        constraint_p_values: two-sided t-test p-values of E[T_j] = t_j, shape (m,).
+        increased: whether c was multiplied by β (exactly when welch_p_value < α).
+        converged: whether every constraint passed its test at level α/m (all constraint_p_values > α/m).
+    """
+
+    multipliers: Tensor
+    penalty: float
+    statistics: Tensor
+    violation: Tensor
+    welch_p_value: float
+    constraint_p_values: Tensor
+    increased: bool
+    converged: bool
+
+
+def penalty_statistics(residuals: Tensor, penalty_test: str = "split") -> Tensor:
+    """Per-batch statistics s_e (E,) of the penalty test from residuals (E, B, m): "split": R̂_{e,1}ᵀR̂_{e,2}, the
+    product of the means over the first ⌊B/2⌋ and the other rows (unbiased for ‖R‖²); "norm": ‖R̂_e‖."""
+    check_choice("penalty_test", penalty_test, PENALTY_TESTS)
+    if penalty_test == "norm":
+        return residuals.mean(1).norm(dim=-1)  # (E, B, m) -> (E, m) -> (E,)
+    half = residuals.shape[1] // 2
+    return (residuals[:, :half].mean(1) * residuals[:, half:].mean(1)).sum(-1)
+
+
+def augmented_lagrangian_update(
+    residuals: Tensor,
+    multipliers: Tensor,
+    penalty: float,
+    previous_statistics: Tensor,
+    *,
+    gamma: float = 0.25,
+    beta: float = 4.0,
+    alpha: float = 0.05,
+    penalty_test: str = "split",
+) -> LagrangianUpdate:
+    """One update of the augmented-Lagrangian parameters after an epoch (MEFN Algorithm 1, lines 7-10).
+
+    Args:
+        residuals: T(x) - t for E test batches of B fresh samples each, shape (E, B, m).
+        multipliers: λ in effect during the epoch, shape (m,).
+        penalty: c in effect during the epoch.
+        previous_statistics: the s_e (E',) of the previous epoch's test batches (or of the initial model's), as
+            returned in `LagrangianUpdate.statistics`.
+        gamma, beta: c ← β c when ‖R‖ did not fall below γ times its previous value.
+        alpha: level of the Welch test and (Bonferroni-corrected, α/m) of the stopping test.
+        penalty_test: "split": s_e = R̂_{e,1}ᵀR̂_{e,2} over the two halves of test batch e, unbiased for ‖R‖², and
+            the test of E[s] ≤ γ² E[s_prev]; "norm" (the authors'): s_e = ‖R̂_e‖ and the test of E[s] ≤ γ E[s_prev].
+
+    The authors' code (`MEFN_dirichlet_theano.ipynb`, the Lagrangian update after each epoch) runs
+    `t,p = scipy.stats.ttest_ind(norms_new, gamma*norms, equal_var = False)` over 1000 norms of R̂ from batches of
+    1000 samples and does `c *= 4` when `u < 1-p/2.0 and t>0` for a uniform u, i.e. with probability 1 - p_greater,
+    p_greater the one-sided p-value used here. This update makes that rule deterministic: c grows exactly when the
+    test rejects "‖R‖ fell below γ times its previous value" at level α. λ is updated first, with the c of the
+    epoch (`lam += c*hk_new`).
+
+    Why "split" by default: E‖R̂_e‖ never falls below the batch noise √(tr Cov T / B), however small ‖R‖ is, so
+    once ‖R‖ is under that floor the "norm" test says "did not fall" after every epoch and c grows by β each time
+    (the authors' TF notebook carries a commented-out cap on c for this); the growing c multiplies the noise of the
+    λ update and of the gradients until training breaks. The split-half estimate has no floor: at ‖R‖ ≈ 0 the test
+    rejects with probability about α.
+    """
+    if residuals.dim() != 3 or residuals.shape[0] < 2 or residuals.shape[1] < 2:
+        raise ValueError(f"residuals must have shape (E, B, m) with E, B ≥ 2; got {tuple(residuals.shape)}")
+    if multipliers.shape != residuals.shape[-1:]:
+        raise ValueError(
+            f"multipliers must have shape ({residuals.shape[-1]},) to match residuals; got {tuple(multipliers.shape)}"
+        )
+    if previous_statistics.dim() != 1 or previous_statistics.numel() < 2:
+        raise ValueError(
+            f"previous_statistics must have shape (E',) with E' ≥ 2; got {tuple(previous_statistics.shape)}"
+        )
+    check_choice("penalty_test", penalty_test, PENALTY_TESTS)
+    residuals = residuals.detach().to(torch.float64)
+    num_constraints = residuals.shape[-1]
+    statistics = penalty_statistics(residuals, penalty_test)
+    violation = residuals.mean((0, 1))
+    factor = gamma**2 if penalty_test == "split" else gamma
+    welch_p = _welch_greater(statistics, factor * previous_statistics.detach().to(torch.float64))
+    increased = welch_p < alpha
+    constraint_p = _mean_is_zero(residuals.flatten(0, 1))
+    new_multipliers = multipliers + (penalty * violation).to(multipliers)
+    return LagrangianUpdate(
+        multipliers=new_multipliers,
+        penalty=penalty * beta if increased else penalty,
+        statistics=statistics,
+        violation=violation,
+        welch_p_value=welch_p,
+        constraint_p_values=constraint_p,
+        increased=increased,
+        converged=bool((constraint_p > alpha / num_constraints).all()),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclass
+class MaxEntHistory:
+    """Per augmented-Lagrangian epoch; entry e belongs to epoch e + 1. Estimates come from the E·B test samples
+    drawn after the epoch's last step.
+
+    Attributes:
+        steps: completed SGD steps at the end of the epoch.
+        entropy: training-time entropy estimate, -mean log q from `flow.sample_and_log_prob` (the base's estimator).
+        exact_entropy: -mean `flow.log_prob(x)` over exact `flow.sample`s (the entropy of the delivered model).
+        violation_norm: ‖R̂‖ of the training-time samples; exact_violation_norm: of exact samples.
+        penalty: c in effect during the epoch; multipliers: λ (m floats) in effect during the epoch.
+        welch_p_value: the Welch test's p (c was multiplied by β after the epoch when it is < α).
+        constraint_p_value: the smallest of the m stopping-test p-values (the run stops when it is > α/m).
+        temperature: τ of the mixture base at the end of the epoch (nan without one).
+        wall_time: seconds spent in `fit_maxent`, summed over resumed calls.
+    """
+
+    steps: list[int] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    exact_entropy: list[float] = field(default_factory=list)
+    violation_norm: list[float] = field(default_factory=list)
+    exact_violation_norm: list[float] = field(default_factory=list)
+    penalty: list[float] = field(default_factory=list)
+    multipliers: list[list[float]] = field(default_factory=list)
+    welch_p_value: list[float] = field(default_factory=list)
+    constraint_p_value: list[float] = field(default_factory=list)
+    temperature: list[float] = field(default_factory=list)
+    wall_time: float = 0.0
+
+    _FLOATS = (
+        "entropy",
+        "exact_entropy",
+        "violation_norm",
+        "exact_violation_norm",
+        "penalty",
+        "welch_p_value",
+        "constraint_p_value",
+        "temperature",
+    )
+
+    @property
+    def epochs(self) -> int:
+        return len(self.steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and numbers only, so a checkpoint loads with `torch.load(..., weights_only=True)`."""
+        state = {name: torch.tensor(getattr(self, name), dtype=torch.float64) for name in self._FLOATS}
+        return {
+            **state,
+            "steps": torch.tensor(self.steps, dtype=torch.int64),
+            "multipliers": torch.tensor(self.multipliers, dtype=torch.float64),
+            "wall_time": self.wall_time,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> MaxEntHistory:
+        lists = {name: state[name].tolist() for name in (*cls._FLOATS, "steps", "multipliers")}
+        return cls(**lists, wall_time=float(state["wall_time"]))
+
+
+@dataclass
+class MaxEntResult:
+    """What `fit_maxent` delivers, all measured on `eval_samples` fresh exact samples of the trained flow.
+
+    Attributes:
+        entropy: -mean flow.log_prob(x), x ~ flow.sample (nats); entropy_std_error: its Monte-Carlo standard error.
+        violation: E[T(x)] - t, shape (m,); violation_std_error: its standard errors (m,).
+        history: `MaxEntHistory`, one entry per augmented-Lagrangian epoch.
+        multipliers: the final λ (m,); penalty: the final c.
+        converged: whether the stopping test passed (False: the run used all `steps`).
+        steps: SGD steps taken.
+    """
+
+    entropy: float
+    entropy_std_error: float
+    violation: Tensor
+    violation_std_error: Tensor
+    history: MaxEntHistory
+    multipliers: Tensor
+    penalty: float
+    converged: bool
+    steps: int
+
+
+# ----------------------------------------------------------------------------------------------- fit_maxent
+def fit_maxent(
+    flow: Distribution,
+    statistic: Statistic,
+    target: Tensor,
+    *,
+    steps: int,
+    batch_size: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+    epoch_steps: int = 500,
+    lr: float = 1e-3,
+    penalty: float = 1.0,
+    gamma: float = 0.25,
+    beta: float = 4.0,
+    alpha: float = 0.05,
+    penalty_test: str = "split",
+    test_batches: int = 32,
+    eval_samples: int = 2**15,
+    temperature_schedule: tuple[float, float] | str | None = "auto",
+    max_grad_norm: float | None = 5.0,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> MaxEntResult:
+    """Train `flow` in place to maximise its entropy subject to E[statistic(x)] = target; returns a `MaxEntResult`.
+
+    Args:
+        flow: an unconditional nflows `Flow` (any from `build_flow`, any base and estimator) or `Distribution`
+            with `sample_and_log_prob`; trained where its parameters live (device and dtype).
+        statistic: T, a differentiable callable x (n, D) -> (n, m).
+        target: t, shape (m,), finite.
+        steps: the most SGD steps to take; the run stops earlier after an epoch that passes the stopping test.
+        batch_size: B ≥ 2 samples per step, split in two halves for the penalty term; also the size of each test batch.
+        seed: seeds torch's RNG for the run (the caller's RNG state is restored afterwards).
+        progress: show a tqdm bar (also hidden when stderr is not a terminal).
+        epoch_steps: SGD steps per augmented-Lagrangian epoch (the authors' `max_iter`, 3000).
+        lr: Adam's learning rate (constant).
+        penalty: the initial c (the authors use 0.05 with 3000-step epochs; 1 suits shorter epochs).
+        gamma, beta, alpha, penalty_test: the schedule's γ, β, test level α, and the statistic of the test that
+            decides c ("split" or the authors' "norm"; see `augmented_lagrangian_update`).
+        test_batches: E ≥ 2 batches of B fresh samples after each epoch, for the λ update and the two tests (the
+            authors use 1000 batches of 1000).
+        eval_samples: exact samples for the final entropy and violation.
+        temperature_schedule: (start, end): anneal the τ of every `MixtureOfGaussians` geometrically from start
+            (first step) to end (last step); "auto": from the current τ to `FINAL_TEMPERATURE` when a mixture base
+            uses a "gumbel-*" estimator, none otherwise; None: leave τ alone. The run does not stop early before
+            τ has reached its end, so that what was trained is what is delivered.
+        max_grad_norm: clip the gradient norm (None: no clipping).
+        checkpoint_dir: where `config.json` and `latest.pt` go; a directory holding `latest.pt` of a run with the
+            same arguments is resumed from it, one of another run raises ValueError.
+
+    Raises:
+        TypeError: `flow` is not an nflows Distribution or `statistic` not callable.
+        ValueError: bad arguments: a statistic of the wrong shape or without gradient, a target that is not finite
+            or of the wrong length, a conditional flow, an unreadable or foreign checkpoint.
+        TrainingDivergedError: a non-finite objective, gradient or parameter.
+    """
+    _check_arguments(
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        epoch_steps=epoch_steps,
+        test_batches=test_batches,
+        eval_samples=eval_samples,
+        lr=lr,
+        penalty=penalty,
+        gamma=gamma,
+        beta=beta,
+        alpha=alpha,
+        max_grad_norm=max_grad_norm,
+        progress=progress,
+    )
+    check_choice("penalty_test", penalty_test, PENALTY_TESTS)
+    if not isinstance(flow, Distribution):
+        raise TypeError(f"flow must be an nflows Flow or Distribution; got {type(flow).__name__}")
+    if not callable(statistic):
+        raise TypeError(f"statistic must be a callable (n, D) -> (n, m); got {type(statistic).__name__}")
+    parameters = [p for p in flow.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("flow has no trainable parameters")
+    mixtures = [module for module in flow.modules() if isinstance(module, MixtureOfGaussians)]
+    conditional = [m.context_features for m in mixtures if m.context_features is not None]
+    if conditional:
+        raise ValueError(
+            f"fit_maxent needs an unconditional flow; its MixtureOfGaussians base has context_features={conditional[0]}"
+        )
+    reference = parameters[0]
+    target = _check_target(target, reference.dtype, reference.device)
+    schedule = _resolve_temperature_schedule(temperature_schedule, mixtures)
+    devices = [reference.device] if reference.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        _probe(flow, statistic, target)  # before seeding: the probe's draws do not enter the run
+        config = {
+            "format": CHECKPOINT_FORMAT,
+            "steps": steps,
+            "batch_size": batch_size,
+            "seed": seed,
+            "epoch_steps": epoch_steps,
+            "lr": float(lr),
+            "penalty": float(penalty),
+            "gamma": float(gamma),
+            "beta": float(beta),
+            "alpha": float(alpha),
+            "penalty_test": penalty_test,
+            "test_batches": test_batches,
+            "eval_samples": eval_samples,
+            "temperature_schedule": None if schedule is None else list(schedule),
+            "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
+            "target": target.tolist(),
+            "statistic": getattr(statistic, "__qualname__", type(statistic).__qualname__),
+            "model": {
+                "class": f"{type(flow).__module__}.{type(flow).__qualname__}",
+                "parameters": sum(p.numel() for p in flow.parameters()),
+                "dtype": str(reference.dtype),
+            },
+        }
+        directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+        run = _Run(flow, statistic, target, parameters, mixtures, schedule, config, directory)
+        run.start()
+        run.train(progress)
+        return run.result()
+
+
+class _Run:
+    """The state of one maximum-entropy run and the steps that change it."""
+
+    def __init__(self, flow, statistic, target, parameters, mixtures, schedule, config, directory) -> None:
+        self.flow, self.statistic, self.target = flow, statistic, target
+        self.parameters, self.mixtures, self.schedule = parameters, mixtures, schedule
+        self.config, self.directory = config, directory
+        self.steps, self.batch_size, self.epoch_steps = config["steps"], config["batch_size"], config["epoch_steps"]
+        self.optimizer = torch.optim.Adam(parameters, lr=config["lr"])
+        self.multipliers = torch.zeros_like(target)  # λ
+        self.penalty = config["penalty"]  # c
+        self.reference = torch.empty(0, dtype=torch.float64)  # the last test batches' penalty-test statistics
+        self.history = MaxEntHistory()
+        self.step = 0
+        self.converged = False
+        # a run whose training is exact (no Gumbel-relaxed base) has its exact estimates in its training-time ones
+        self.exact_training = not any(m.estimator.startswith("gumbel") for m in mixtures)
+
+    # ---------------------------------------------------------------- start: fresh or resumed
+    def start(self) -> None:
+        latest = None if self.directory is None else self.directory / "latest.pt"
+        if latest is not None and latest.exists():
+            self._resume(latest)
+            return
+        torch.manual_seed(self.config["seed"])
+        if self.schedule is not None:
+            self._set_temperature(0)
+        began = time.perf_counter()
+        residuals, _ = self._test_batches()
+        # the initial model's statistics: the reference of the first epoch's penalty test
+        self.reference = penalty_statistics(residuals, self.config["penalty_test"])
+        self.history.wall_time = time.perf_counter() - began
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(self.config, indent=2).encode() + b"\n"
+            _write_atomic(self.directory / "config.json", lambda f: f.write(text))
+            self._save()
+
+    def _resume(self, path: Path) -> None:
+        checkpoint = _read_checkpoint(path)
+        differences = [
+            f"{key}: {checkpoint['config'].get(key)!r} there, {value!r} now"
+            for key, value in self.config.items()
+            if not _same(checkpoint["config"].get(key), value)
+        ]
+        if differences:
+            raise ValueError(
+                f"checkpoint {path} belongs to a run with other settings ({'; '.join(differences)}); call "
+                "fit_maxent with the original arguments to resume it, or use another checkpoint_dir"
+            )
+        _check_state_fits(self.flow, checkpoint["model"], path)
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise ValueError(f"checkpoint {path}: the optimizer state does not fit ({_first_line(error)})") from error
+        self.flow.load_state_dict(checkpoint["model"])
+        reference = self.target
+        self.multipliers = checkpoint["multipliers"].to(reference.device, reference.dtype)
+        self.penalty = float(checkpoint["penalty"])
+        self.reference = checkpoint["reference"].to(torch.float64)
+        self.history = MaxEntHistory.from_state_dict(checkpoint["history"])
+        self.step, self.converged = int(checkpoint["step"]), bool(checkpoint["converged"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if reference.device.type == "cuda" and "cuda" in checkpoint["rng"]:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], reference.device)
+
+    def _save(self) -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if self.target.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.target.device)
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "converged": self.converged,
+            "config": self.config,
+            "model": self.flow.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "multipliers": self.multipliers.detach().cpu(),
+            "penalty": self.penalty,
+            "reference": self.reference.cpu(),
+            "history": self.history.state_dict(),
+            "rng": rng,
+        }
+        _write_atomic(self.directory / "latest.pt", lambda f: torch.save(checkpoint, f))
+
+    # ---------------------------------------------------------------- the loop
+    def train(self, progress: bool) -> None:
+        began, previous_time = time.perf_counter(), self.history.wall_time
+        modes = [(module, module.training) for module in self.flow.modules()]
+        bar = tqdm(
+            total=self.steps, initial=self.step, desc="fit_maxent", unit="step", disable=None if progress else True
+        )
+        try:
+            self.flow.train()
+            while self.step < self.steps and not self.converged:
+                end = min(self.step + self.epoch_steps, self.steps)
+                while self.step < end:
+                    entropy, violation = self._sgd_step()
+                    self.step += 1
+                    bar.set_postfix({"H": f"{entropy:.4f}", "|R|": f"{violation:.3g}", "c": f"{self.penalty:.3g}"})
+                    bar.update()
+                self._end_epoch()
+                self.history.wall_time = previous_time + time.perf_counter() - began
+                if self.directory is not None:
+                    self._save()
+        except BaseException as error:
+            if self.directory is not None and hasattr(error, "add_note"):
+                saved = self.history.steps[-1] if self.history.steps else 0
+                error.add_note(
+                    f"mog_flows.fit_maxent keeps the state after step {saved} (the last completed epoch) in "
+                    f"{self.directory / 'latest.pt'}; call fit_maxent again with the same arguments to resume."
+                )
+            raise
+        finally:
+            bar.close()
+            for module, training in modes:
+                module.training = training
+        if self.schedule is not None:
+            self._set_temperature(self.steps - 1)
+
+    def _sgd_step(self) -> tuple[float, float]:
+        if self.schedule is not None:
+            self._set_temperature(self.step)
+        batch, half = self.batch_size, self.batch_size // 2
+        self.optimizer.zero_grad(set_to_none=True)
+        x, log_q = self.flow.sample_and_log_prob(batch)
+        values = _apply_statistic(self.statistic, x, self.target)  # (B, m)
+        residual = values.mean(0) - self.target
+        first, second = values[:half].mean(0) - self.target, values[half:].mean(0) - self.target
+        entropy = -log_q.mean()
+        loss = -entropy + self.multipliers @ residual + 0.5 * self.penalty * (first @ second)
+        if not torch.isfinite(loss):
+            self._diverged(f"the objective is {loss.item()} (entropy estimate {entropy.item()})")
+        loss.backward()
+        max_norm = math.inf if self.config["max_grad_norm"] is None else self.config["max_grad_norm"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm).item()
+        if not math.isfinite(grad_norm):
+            self._diverged(f"the gradient norm is {grad_norm}")
+        self.optimizer.step()
+        return entropy.item(), residual.detach().norm().item()
+
+    def _end_epoch(self) -> None:
+        bad = [name for name, p in self.flow.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            self._diverged(f"parameters {bad[:5]} became non-finite")
+        residuals, entropy = self._test_batches()  # (E, B, m), the training-time entropy estimate
+        if self.exact_training:
+            exact_entropy, exact_violation = entropy, residuals.mean((0, 1)).norm().item()
+        else:
+            neg_log_q, values = _exact_samples(self.flow, self.statistic, self.target, residuals[:, :, 0].numel())
+            exact_entropy = neg_log_q.mean().item()
+            exact_violation = (values.mean(0) - self.target.to(values)).norm().item()
+        update = augmented_lagrangian_update(
+            residuals,
+            self.multipliers,
+            self.penalty,
+            self.reference,
+            gamma=self.config["gamma"],
+            beta=self.config["beta"],
+            alpha=self.config["alpha"],
+            penalty_test=self.config["penalty_test"],
+        )
+        history = self.history
+        history.steps.append(self.step)
+        history.entropy.append(entropy)
+        history.exact_entropy.append(exact_entropy)
+        history.violation_norm.append(update.violation.norm().item())
+        history.exact_violation_norm.append(exact_violation)
+        history.penalty.append(self.penalty)
+        history.multipliers.append(self.multipliers.tolist())
+        history.welch_p_value.append(update.welch_p_value)
+        history.constraint_p_value.append(update.constraint_p_values.min().item())
+        history.temperature.append(self.mixtures[0].temperature if self.mixtures else math.nan)
+        self.multipliers, self.penalty, self.reference = update.multipliers, update.penalty, update.statistics
+        annealed = self.schedule is None or self.step >= self.steps
+        self.converged = update.converged and annealed
+
+    @torch.no_grad()
+    def _test_batches(self) -> tuple[Tensor, float]:
+        """Residuals T(x) - t (E, B, m) of E fresh training-time batches, and their entropy estimate."""
+        residuals, neg_log_q = [], []
+        with _eval_mode(self.flow):
+            for _ in range(self.config["test_batches"]):
+                x, log_q = self.flow.sample_and_log_prob(self.batch_size)
+                values = _apply_statistic(self.statistic, x, self.target)
+                residuals.append((values - self.target).to(torch.float64))
+                neg_log_q.append(-log_q.to(torch.float64))
+        entropy = torch.cat(neg_log_q).mean().item()
+        if not math.isfinite(entropy):
+            self._diverged(f"the test batches' entropy estimate is {entropy}")
+        return torch.stack(residuals), entropy
+
+    def _set_temperature(self, step: int) -> None:
+        start, end = self.schedule
+        tau = start * (end / start) ** (min(step, self.steps - 1) / max(self.steps - 1, 1))
+        for mixture in self.mixtures:
+            mixture.temperature = tau
+
+    def _diverged(self, what: str) -> None:
+        latest = None if self.directory is None else self.directory / "latest.pt"
+        kept = "No checkpoint_dir was given." if latest is None else f"The last good state is in {latest}."
+        raise TrainingDivergedError(
+            f"fit_maxent diverged at step {self.step + 1} of {self.steps}: {what}. {kept} "
+            "Try a smaller lr or penalty, or a tighter max_grad_norm.",
+            step=self.step + 1,
+            checkpoint=latest,
+        )
+
+    # ---------------------------------------------------------------- the result
+    def result(self) -> MaxEntResult:
+        neg_log_q, values = _exact_samples(self.flow, self.statistic, self.target, self.config["eval_samples"])
+        n = values.shape[0]
+        return MaxEntResult(
+            entropy=neg_log_q.mean().item(),
+            entropy_std_error=neg_log_q.std().item() / math.sqrt(n),
+            violation=(values.mean(0) - self.target.to(values)).to(self.target.dtype),
+            violation_std_error=(values.std(0) / math.sqrt(n)).to(self.target.dtype),
+            history=self.history,
+            multipliers=self.multipliers.detach().clone(),
+            penalty=self.penalty,
+            converged=self.converged,
+            steps=self.step,
+        )
+
+
+@torch.no_grad()
+def _exact_samples(flow, statistic, target: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+    """-flow.log_prob(x) (n,) and statistic(x) (n, m), in float64, of n fresh x ~ flow.sample: exact whatever the
+    base's `estimator`, which neither `sample` nor `log_prob` consults."""
+    neg_log_q, values = [], []
+    with _eval_mode(flow):
+        for start in range(0, num_samples, _EVAL_CHUNK):
+            x = flow.sample(min(_EVAL_CHUNK, num_samples - start))
+            neg_log_q.append(-flow.log_prob(x).to(torch.float64))
+            values.append(_apply_statistic(statistic, x, target).to(torch.float64))
+    return torch.cat(neg_log_q), torch.cat(values)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _apply_statistic(statistic: Statistic, x: Tensor, target: Tensor) -> Tensor:
+    values = statistic(x)
+    expected = (x.shape[0], target.shape[0])
+    if not isinstance(values, Tensor) or values.shape != expected:
+        got = f"shape {tuple(values.shape)}" if isinstance(values, Tensor) else f"a {type(values).__name__}"
+        raise ValueError(
+            f"statistic must map samples x of shape {tuple(x.shape)} to a tensor of shape {expected} "
+            f"(one row of m = {target.shape[0]} statistics per sample, m = len(target)); got {got}"
+        )
+    return values
+
+
+def _probe(flow: Distribution, statistic: Statistic, target: Tensor) -> None:
+    """Refuse a flow that cannot sample unconditionally, or a statistic that does not fit, before any step."""
+    try:
+        x, log_q = flow.sample_and_log_prob(_PROBE_ROWS)
+    except Exception as error:
+        raise ValueError(
+            f"flow.sample_and_log_prob({_PROBE_ROWS}) fails ({type(error).__name__}: {_first_line(error)}); "
+            "fit_maxent needs an unconditional flow that can sample"
+        ) from error
+    if x.dim() != 2 or log_q.shape != (x.shape[0],):
+        raise ValueError(
+            f"flow.sample_and_log_prob({_PROBE_ROWS}) must return samples (n, D) and log-densities (n,); got "
+            f"{tuple(x.shape)} and {tuple(log_q.shape)}"
+        )
+    values = _apply_statistic(statistic, x, target)
+    if x.requires_grad and not values.requires_grad:
+        raise ValueError(
+            "statistic must be differentiable in x (built from torch operations on x): its output carries no "
+            "gradient, so the constraints could not steer the flow"
+        )
+    if values.dtype != target.dtype:
+        raise ValueError(f"statistic must return the flow's dtype {target.dtype}; got {values.dtype}")
+
+
+def _check_target(target: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    try:
+        target = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"target must be a tensor of shape (m,); got {type(target).__name__}") from error
+    if target.dim() != 1 or target.numel() == 0:
+        raise ValueError(f"target must have shape (m,) with m ≥ 1, one entry per constraint; got {tuple(target.shape)}")
+    if target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold real numbers; got dtype {target.dtype}")
+    check_finite("target", target)
+    return target.detach().to(device, dtype)
+
+
+def _check_arguments(**arguments) -> None:
+    for name in ("steps", "epoch_steps", "test_batches", "eval_samples", "batch_size"):
+        check_positive_int(name, arguments[name])
+    for name in ("batch_size", "test_batches", "eval_samples"):
+        if arguments[name] < 2:
+            raise ValueError(f"{name} must be at least 2; got {arguments[name]}")
+    seed = arguments["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63); got {seed!r}")
+    ranges = {
+        "lr": (0, math.inf, "> 0"),
+        "penalty": (0, math.inf, "> 0"),
+        "gamma": (0, 1, "in (0, 1)"),
+        "beta": (1, math.inf, "> 1"),
+        "alpha": (0, 1, "in (0, 1)"),
+    }
+    for name, (low, high, text) in ranges.items():
+        value = arguments[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+            raise ValueError(f"{name} must be a finite number {text}; got {value!r}")
+    max_grad_norm = arguments["max_grad_norm"]
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
+    ):
+        raise ValueError(f"max_grad_norm must be a number > 0 or None; got {max_grad_norm!r}")
+    if not isinstance(arguments["progress"], bool):
+        raise ValueError(f"progress must be True or False; got {arguments['progress']!r}")
+
+
+def _resolve_temperature_schedule(schedule: Any, mixtures: list[MixtureOfGaussians]) -> tuple[float, float] | None:
+    if schedule is None:
+        return None
+    if isinstance(schedule, str):
+        if schedule != "auto":
+            raise ValueError(f"temperature_schedule must be 'auto', None or a pair (start, end); got {schedule!r}")
+        gumbel = [m for m in mixtures if m.estimator.startswith("gumbel")]
+        if not gumbel:
+            return None
+        start = gumbel[0].temperature
+        return start, min(start, FINAL_TEMPERATURE)
+    try:
+        start, end = (float(value) for value in schedule)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"temperature_schedule must be 'auto', None or a pair (start, end); got {schedule!r}"
+        ) from error
+    if not all(math.isfinite(t) and t > 0 for t in (start, end)):
+        raise ValueError(f"temperature_schedule values must be finite and > 0; got {schedule!r}")
+    if not mixtures:
+        raise ValueError("temperature_schedule was given but the flow contains no MixtureOfGaussians")
+    return start, end
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(error).__name__}: {_first_line(error)})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(
+            f"checkpoint {path} is not a fit_maxent checkpoint: format {found!r}, expected {CHECKPOINT_FORMAT!r}"
+        )
+    return checkpoint
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    return a == b

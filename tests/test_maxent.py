@@ -1,0 +1,411 @@
+"""Tests of `mog_flows.maxent` (the augmented-Lagrangian schedule, `fit_maxent`) and `mog_flows.simplex`.
+
+Shapes: E test batches, B rows per batch, m constraints, D features. Flows are tiny and runs short; the one
+run that must converge (the 1-D Gaussian) takes about ten seconds on one thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from nflows.transforms.base import InputOutsideDomain
+
+from mog_flows import MixtureOfGaussians, build_flow
+from mog_flows.maxent import (
+    FINAL_TEMPERATURE,
+    augmented_lagrangian_update,
+    fit_maxent,
+    penalty_statistics,
+)
+from mog_flows.simplex import AdditiveLogistic, AdditiveLogRatio, simplex_flow
+
+DOUBLE = torch.float64
+GAUSSIAN_ENTROPY = 0.5 * math.log(2 * math.pi * math.e)  # N(0, 1): 1.4189 nats
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def moments(x: torch.Tensor) -> torch.Tensor:
+    """T(x) = (x, x²) per feature: (n, D) -> (n, 2D)."""
+    return torch.cat([x, x * x], dim=-1)
+
+
+def residual_batches(means, num_batches=16, batch_size=64, seed=0) -> torch.Tensor:
+    """Residuals (E, B, m) ~ N(means, I)."""
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.as_tensor(means, dtype=DOUBLE)
+    return means + torch.randn(num_batches, batch_size, means.numel(), generator=generator, dtype=DOUBLE)
+
+
+def reference_statistics(residuals: torch.Tensor, penalty_test: str) -> np.ndarray:
+    """The penalty test's per-batch statistics, recomputed with numpy."""
+    r = residuals.numpy()
+    if penalty_test == "norm":
+        return np.linalg.norm(r.mean(1), axis=-1)
+    half = r.shape[1] // 2
+    return np.einsum("em,em->e", r[:, :half].mean(1), r[:, half:].mean(1))
+
+
+# ------------------------------------------------------------------------------------------ the schedule
+def test_multipliers_move_by_penalty_times_pooled_violation():
+    residuals = residual_batches([0.3, -0.2, 0.05])
+    multipliers = torch.tensor([1.0, -2.0, 0.5], dtype=DOUBLE)
+    update = augmented_lagrangian_update(residuals, multipliers, 2.5, torch.ones(16, dtype=DOUBLE))
+    pooled = residuals.mean((0, 1))
+    torch.testing.assert_close(update.violation, pooled, rtol=0, atol=1e-15)
+    torch.testing.assert_close(update.multipliers, multipliers + 2.5 * pooled, rtol=0, atol=1e-15)
+    assert not torch.equal(update.multipliers, multipliers)
+
+
+@pytest.mark.parametrize("penalty_test", ["split", "norm"])
+@pytest.mark.parametrize(
+    ("previous_mean", "new_mean", "grows"),
+    [
+        ([1.0, 1.0], [1.0, 1.0], True),  # no progress: ‖R‖ did not fall below γ‖R_prev‖
+        ([1.0, 1.0], [0.6, 0.6], True),  # fell, but not by the factor γ = 0.25
+        ([1.0, 1.0], [0.02, 0.0], False),  # fell far below γ‖R_prev‖
+    ],
+)
+def test_penalty_grows_by_beta_exactly_when_welch_rejects_a_fall(penalty_test, previous_mean, new_mean, grows):
+    gamma, beta, alpha = 0.25, 4.0, 0.05
+    previous = penalty_statistics(residual_batches(previous_mean, seed=1), penalty_test)
+    residuals = residual_batches(new_mean, seed=2, batch_size=256)
+    update = augmented_lagrangian_update(
+        residuals,
+        torch.zeros(2, dtype=DOUBLE),
+        0.5,
+        previous,
+        gamma=gamma,
+        beta=beta,
+        alpha=alpha,
+        penalty_test=penalty_test,
+    )
+    # the independent reference: scipy's Welch test on numpy-computed statistics
+    factor = gamma**2 if penalty_test == "split" else gamma
+    expected = scipy.stats.ttest_ind(
+        reference_statistics(residuals, penalty_test),
+        factor * previous.numpy(),
+        equal_var=False,
+        alternative="greater",
+    ).pvalue
+    assert update.welch_p_value == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert update.increased is grows
+    assert update.penalty == (0.5 * beta if grows else 0.5)
+
+
+@pytest.mark.parametrize("penalty_test", ["split", "norm"])
+def test_penalty_decision_switches_at_the_test_level(penalty_test):
+    # a borderline case: ‖R‖² = 0.125 = γ² ‖R_prev‖², so p is moderate; c grows iff p < α
+    previous = penalty_statistics(residual_batches([1.0, 1.0], seed=3), penalty_test)
+    residuals = residual_batches([0.25, 0.25], seed=4)
+    p = augmented_lagrangian_update(
+        residuals, torch.zeros(2, dtype=DOUBLE), 1.0, previous, penalty_test=penalty_test
+    ).welch_p_value
+    assert 1e-3 < p < 0.999
+    for alpha, grows in ((p * 1.01, True), (p * 0.99, False)):
+        update = augmented_lagrangian_update(
+            residuals, torch.zeros(2, dtype=DOUBLE), 1.0, previous, alpha=alpha, penalty_test=penalty_test
+        )
+        assert update.increased is grows
+        assert update.penalty == (4.0 if grows else 1.0)
+
+
+def test_split_statistic_is_unbiased_for_the_squared_norm_and_the_norm_is_not():
+    # ‖R‖² = 0.01; the per-batch norm has a floor of about √(m / B) = 0.18 whatever ‖R‖ is
+    residuals = residual_batches([0.1, 0.0], num_batches=4000, batch_size=64, seed=5)
+    split = penalty_statistics(residuals, "split")
+    assert abs(split.mean().item() - 0.01) < 4 * split.std().item() / math.sqrt(split.numel())
+    norm = penalty_statistics(residuals, "norm")
+    assert (norm**2).mean().item() > 0.01 + 2 / 64 - 0.005  # E‖R̂‖² = ‖R‖² + tr Cov / B
+
+
+def exact_t_sample(n: int, t: float) -> torch.Tensor:
+    """n values whose one-sample t statistic is exactly t."""
+    z = torch.randn(n, generator=torch.Generator().manual_seed(6), dtype=DOUBLE)
+    z = (z - z.mean()) / z.std()
+    return z + t / math.sqrt(n)
+
+
+def test_stopping_test_is_two_sided_and_bonferroni_corrected():
+    n = 200  # E·B = 4 · 50
+    satisfied, borderline = exact_t_sample(n, 0.0), exact_t_sample(n, -2.2)  # two-sided p ≈ 0.029
+    both = torch.stack([satisfied, borderline], -1).reshape(4, 50, 2)
+    update = augmented_lagrangian_update(both, torch.zeros(2, dtype=DOUBLE), 1.0, torch.ones(4, dtype=DOUBLE))
+    expected = scipy.stats.ttest_1samp(both.reshape(n, 2).numpy(), 0.0).pvalue
+    np.testing.assert_allclose(update.constraint_p_values.numpy(), expected, rtol=1e-9)
+    assert 0.025 < expected[1] < 0.035
+    assert update.converged  # 0.029 > α/m = 0.025: passes with two constraints
+    alone = borderline.reshape(4, 50, 1)
+    assert not augmented_lagrangian_update(alone, torch.zeros(1, dtype=DOUBLE), 1.0, torch.ones(4)).converged
+    violated = both + torch.tensor([0.0, 0.5], dtype=DOUBLE)
+    assert not augmented_lagrangian_update(violated, torch.zeros(2, dtype=DOUBLE), 1.0, torch.ones(4)).converged
+
+
+# ------------------------------------------------------------------------------------------ fit_maxent
+def mixture_flow(estimator: str = "pathwise", seed: int = 0):
+    """A 1-D MAF (one affine layer) over a 3-component mixture started far from N(0, 1)."""
+    torch.manual_seed(seed)
+    flow = build_flow(
+        1, base="mog", transform="maf", num_layers=1, hidden_features=8, num_components=3, estimator=estimator
+    )
+    with torch.no_grad():
+        flow._distribution.loc.copy_(torch.tensor([[-3.0], [0.5], [2.0]]))
+    return flow
+
+
+def test_recovers_the_standard_normal_from_its_first_two_moments():
+    flow = mixture_flow("pathwise")
+    with torch.no_grad():
+        start = moments(flow.sample(20_000)).mean(0)
+    assert abs(start[1].item() - 1) > 2  # E[x²] ≈ 5.4 at the start: far from the constraint
+    target = torch.tensor([0.0, 1.0])
+    result = fit_maxent(
+        flow,
+        moments,
+        target,
+        steps=3000,
+        batch_size=256,
+        epoch_steps=300,
+        lr=1e-3,
+        test_batches=32,
+        eval_samples=2**14,
+        seed=0,
+        progress=False,
+    )
+    assert result.converged
+    assert result.steps == result.history.steps[-1] < 3000
+    assert abs(result.entropy - GAUSSIAN_ENTROPY) < 0.05
+    assert result.violation.abs().max().item() < 0.05
+    assert result.entropy_std_error < 0.01
+    history = result.history
+    assert len(history.entropy) == len(history.exact_entropy) == len(history.penalty) == history.epochs
+    assert history.violation_norm[0] > history.violation_norm[-1]
+    # an exact estimator's training-time estimates are the exact ones
+    assert history.entropy == history.exact_entropy
+
+
+SMOKE = dict(steps=6, epoch_steps=3, batch_size=16, test_batches=2, eval_samples=64, seed=0, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("base", "estimator"),
+    [
+        ("gaussian", None),
+        ("mog", "exact"),
+        ("mog", "pathwise"),
+        ("mog", "gumbel-nested"),
+        ("mog", "gumbel-exact"),
+        ("mog", "gumbel-joint"),
+    ],
+)
+@pytest.mark.parametrize("transform", ["nsf", "maf", "realnvp"])
+def test_runs_with_every_flow_and_estimator(base, estimator, transform, capfd):
+    torch.manual_seed(0)
+    kwargs = {} if estimator is None else dict(estimator=estimator, num_components=2)
+    flow = build_flow(2, base=base, transform=transform, num_layers=2, hidden_features=8, **kwargs)
+    initial = copy.deepcopy(flow.state_dict())
+    rng = torch.get_rng_state()
+    result = fit_maxent(flow, moments, torch.tensor([0.0, 0.0, 1.0, 1.0]), **SMOKE)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is left alone
+    assert math.isfinite(result.entropy) and result.violation.shape == (4,)
+    assert torch.isfinite(result.violation).all() and torch.isfinite(result.multipliers).all()
+    history = result.history
+    assert history.epochs == len(history.steps) >= 1 and result.steps == history.steps[-1]
+    assert all(math.isfinite(v) for v in history.entropy + history.exact_entropy + history.violation_norm)
+    assert any(not torch.equal(value, flow.state_dict()[name]) for name, value in initial.items())
+    base_distribution = flow._distribution
+    if isinstance(base_distribution, MixtureOfGaussians):
+        assert base_distribution.estimator == estimator  # the evaluation did not leave it changed
+        gumbel = estimator.startswith("gumbel")
+        assert base_distribution.temperature == pytest.approx(FINAL_TEMPERATURE if gumbel else 0.5)
+        assert (history.entropy == history.exact_entropy) is not gumbel
+    assert capfd.readouterr().err == ""  # progress=False: no bar
+
+
+def test_a_dirichlet_problem_on_the_simplex_runs():
+    # the MEFN Dirichlet study: E[log y_k] = ψ(α_k) - ψ(α_0) on the 2-simplex, α = (1, 2, 3)
+    alpha = torch.tensor([1.0, 2.0, 3.0])
+    target = torch.digamma(alpha) - torch.digamma(alpha.sum())
+    torch.manual_seed(0)
+    flow = simplex_flow(
+        build_flow(
+            2, base="mog", transform="nsf", num_layers=2, hidden_features=8, num_components=2, estimator="pathwise"
+        )
+    )
+
+    def log_coordinates(y):  # (n, 2) -> (n, 3)
+        return torch.cat([y, 1 - y.sum(-1, keepdim=True)], -1).log()
+
+    result = fit_maxent(flow, log_coordinates, target, **SMOKE)
+    assert math.isfinite(result.entropy) and torch.isfinite(result.violation).all()
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class InterruptingMoments:
+    """T(x) = (x, x²) that raises KeyboardInterrupt at call `at` (never when at is None)."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return moments(x)
+
+
+RESUMABLE = dict(steps=40, epoch_steps=10, batch_size=32, test_batches=2, eval_samples=128, seed=3, progress=False)
+FAR_TARGET = torch.tensor([3.0, 10.0])  # out of reach in 40 steps: no early stop
+
+
+@pytest.mark.parametrize("estimator", ["pathwise", "gumbel-nested"])
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(estimator, tmp_path):
+    reference_flow = mixture_flow(estimator)
+    reference = fit_maxent(
+        reference_flow, InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "a", **RESUMABLE
+    )
+    assert reference.history.epochs == 4
+    flow = mixture_flow(estimator)
+    # calls: 1 probe, 2 initial test batches, then per epoch 10 steps + 2 test batches (+ exact ones for Gumbel)
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        fit_maxent(flow, InterruptingMoments(at=40), FAR_TARGET, checkpoint_dir=tmp_path / "b", **RESUMABLE)
+    assert any("resume" in note for note in getattr(interrupted.value, "__notes__", []))
+    saved = torch.load(tmp_path / "b" / "latest.pt", weights_only=True)
+    assert 0 < saved["step"] < 40 and saved["step"] % 10 == 0
+    fresh = mixture_flow(estimator, seed=1)  # other initial parameters: everything must come from the checkpoint
+    resumed = fit_maxent(fresh, InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "b", **RESUMABLE)
+    assert resumed.entropy == reference.entropy
+    assert torch.equal(resumed.violation, reference.violation)
+    assert torch.equal(resumed.multipliers, reference.multipliers) and resumed.penalty == reference.penalty
+    assert resumed.history.entropy == reference.history.entropy
+    assert resumed.history.penalty == reference.history.penalty
+    for name, value in reference_flow.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(fresh.state_dict()[name], value), name
+    # a finished run resumes to the same result without training
+    again = fit_maxent(
+        mixture_flow(estimator), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "b", **RESUMABLE
+    )
+    assert again.entropy == reference.entropy
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    fit_maxent(mixture_flow(), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path, **RESUMABLE)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        fit_maxent(mixture_flow(), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path, lr=0.5, **RESUMABLE)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def conditional_flow():
+    return build_flow(1, base="mog", transform="maf", num_layers=1, hidden_features=8, context_features=2)
+
+
+@pytest.mark.parametrize(
+    ("statistic", "target", "make_flow", "kwargs", "match"),
+    [
+        (lambda x: x.sum(-1), [0.0], None, {}, r"shape \(4, 1\).*got shape \(4,\)"),
+        (moments, [0.0, 1.0, 2.0], None, {}, r"to a tensor of shape \(4, 3\).*m = 3.*got shape \(4, 2\)"),
+        (lambda x: [x], [0.0], None, {}, r"got a list"),
+        (moments, [0.0, float("nan")], None, {}, r"target must be finite.*1 NaN"),
+        (moments, [0.0, float("inf")], None, {}, r"target must be finite"),
+        (moments, [[0.0, 1.0]], None, {}, r"target must have shape \(m,\).*got \(1, 2\)"),
+        (moments, [], None, {}, r"target must have shape \(m,\) with m ≥ 1"),
+        (lambda x: moments(x).detach(), [0.0, 1.0], None, {}, r"differentiable"),
+        (moments, [0.0, 1.0], conditional_flow, {}, r"unconditional"),
+        (
+            moments,
+            [0.0, 1.0],
+            lambda: build_flow(1, base="gaussian", transform="maf", num_layers=1),
+            dict(temperature_schedule=(1.0, 0.1)),
+            r"no MixtureOfGaussians",
+        ),
+        (moments, [0.0, 1.0], None, dict(gamma=1.5), r"gamma must be a finite number in \(0, 1\); got 1.5"),
+        (moments, [0.0, 1.0], None, dict(beta=1.0), r"beta must be a finite number > 1"),
+        (moments, [0.0, 1.0], None, dict(batch_size=1), r"batch_size must be at least 2"),
+        (moments, [0.0, 1.0], None, dict(penalty_test="mean"), r"penalty_test must be one of"),
+    ],
+)
+def test_bad_input_is_refused(statistic, target, make_flow, kwargs, match):
+    flow = mixture_flow() if make_flow is None else make_flow()
+    before = copy.deepcopy(flow.state_dict())
+    with pytest.raises(ValueError, match=match):
+        fit_maxent(flow, statistic, target, steps=2, progress=False, **kwargs)
+    for name, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(flow.state_dict()[name], value)
+
+
+def test_a_flow_that_is_not_a_distribution_is_refused():
+    with pytest.raises(TypeError, match="nflows Flow or Distribution; got Linear"):
+        fit_maxent(torch.nn.Linear(1, 1), moments, [0.0, 1.0], steps=2)
+
+
+# ------------------------------------------------------------------------------------------ simplex map
+def test_additive_logistic_log_det_matches_autograd():
+    transform = AdditiveLogistic(2)
+    x = torch.cat([torch.randn(16, 2, dtype=DOUBLE) * 3, torch.tensor([[8.0, -8.0], [-9.0, -9.0]], dtype=DOUBLE)])
+    y, log_det = transform(x)
+    _, inverse_log_det = transform.inverse(y)
+    for i in range(x.shape[0]):
+        jacobian = torch.autograd.functional.jacobian(lambda row: transform(row.unsqueeze(0))[0].squeeze(0), x[i])
+        sign, log_abs = torch.linalg.slogdet(jacobian)
+        assert sign.item() == 1.0
+        torch.testing.assert_close(log_det[i], log_abs, rtol=1e-9, atol=1e-9)
+        inverse_jacobian = torch.autograd.functional.jacobian(
+            lambda row: transform.inverse(row.unsqueeze(0))[0].squeeze(0), y[i]
+        )
+        torch.testing.assert_close(inverse_log_det[i], torch.linalg.slogdet(inverse_jacobian)[1], rtol=1e-7, atol=1e-7)
+
+
+def test_additive_logistic_maps_onto_the_simplex_and_inverts_exactly():
+    transform = AdditiveLogistic(2)
+    x = torch.randn(1000, 2, dtype=DOUBLE) * 2
+    y, log_det = transform(x)
+    assert (y > 0).all() and (y.sum(-1) < 1).all()
+    torch.testing.assert_close(y, torch.softmax(torch.cat([x, torch.zeros(1000, 1, dtype=DOUBLE)], -1), -1)[:, :2])
+    back, inverse_log_det = transform.inverse(y)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(log_det + inverse_log_det, torch.zeros(1000, dtype=DOUBLE), rtol=0, atol=1e-12)
+    ratio = AdditiveLogRatio(2)  # the data-side direction
+    torch.testing.assert_close(ratio(y)[0], x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ratio.inverse(x)[0], y, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("point", [[-0.1, 0.5], [0.5, 0.5], [0.7, 0.4], [0.0, 0.3]])
+def test_points_off_the_open_simplex_are_outside_the_domain(point):
+    with pytest.raises(InputOutsideDomain, match="open simplex"):
+        AdditiveLogistic(2).inverse(torch.tensor([point, [0.2, 0.3]]))
+
+
+def test_simplex_flow_is_a_normalised_density_on_the_simplex():
+    torch.manual_seed(0)
+    flow = simplex_flow(build_flow(2, base="gaussian", transform="maf", num_layers=1)).to(DOUBLE)
+    # a new flow is the identity, so this is the logistic normal: N(alr(y); 0, I) / (y₁ y₂ y₃)
+    h = 1 / 300  # midpoint rule over the cells inside the triangle; the density vanishes fast at its edges
+    grid = torch.arange(h / 2, 1, h, dtype=DOUBLE)
+    y1, y2 = torch.meshgrid(grid, grid, indexing="ij")
+    inside = (y1 + y2) < 1 - h / 2
+    points = torch.stack([y1[inside], y2[inside]], -1)
+    with torch.no_grad():
+        density = flow.log_prob(points).exp()
+    assert abs(density.sum().item() * h * h - 1) < 1e-4
+    third = 1 - points.sum(-1)
+    expected = (
+        torch.distributions.Normal(0.0, 1.0).log_prob((points / third.unsqueeze(-1)).log()).sum(-1)
+        - points.log().sum(-1)
+        - third.log()
+    )
+    torch.testing.assert_close(flow.log_prob(points), expected.to(DOUBLE))
+    sample = flow.sample(500)
+    assert (sample > 0).all() and (sample.sum(-1) < 1).all()

@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(PY) experiments/demo.py
+	$(PY) experiments/compare_bases.py --quick
 
 test: setup
 	$(PY) -m pytest -m "not slow and not gpu"

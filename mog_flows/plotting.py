@@ -27,21 +27,22 @@ def density_on_grid(
 
 
 def plot_density_panels(
-    panels: Sequence[tuple[str, Callable[[Tensor], Tensor]]],
+    panels: Sequence[tuple[str, Callable[[Tensor], Tensor] | Tensor]],
     path,
     *,
     bounds: float = 4.0,
     resolution: int = 200,
     columns: int | None = None,
 ) -> None:
-    """One heatmap per (title, log_prob) panel, written to `path` (PNG or PDF)."""
+    """One heatmap per (title, log_prob) panel, written to `path` (PNG or PDF). In place of a log_prob callable a
+    panel may give a density (R', R') [y, x] already computed on the grid [-bounds, bounds]² (`density_on_grid`)."""
     columns = columns or len(panels)
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, (title, log_prob) in zip(axes.flat, panels):
-        _, density = density_on_grid(log_prob, bounds, resolution)
+        density = log_prob if isinstance(log_prob, Tensor) else density_on_grid(log_prob, bounds, resolution)[1]
         ax.imshow(density.numpy(), extent=(-bounds, bounds, -bounds, bounds), origin="lower", cmap="magma")
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -201,9 +201,17 @@ def test_checkerboard_is_uniform_on_the_closed_black_squares():
     board = Checkerboard()
     black, white = -math.log(32), -math.inf
     points_and_values = [
-        ((-3.0, -3.0), black), ((-1.0, -3.0), white), ((1.0, 1.0), black), ((3.0, 1.0), white), ((4.5, 0.0), white),
+        ((-3.0, -3.0), black),
+        ((-1.0, -3.0), white),
+        ((1.0, 1.0), black),
+        ((3.0, 1.0), white),
+        ((4.5, 0.0), white),
         # edges and corners of black squares count as black, the outer edges of white squares do not
-        ((2.0, 0.5), black), ((4.0, -1.0), black), ((4.0, 1.0), white), ((-4.0, 4.0), white), ((0.0, 0.0), black),
+        ((2.0, 0.5), black),
+        ((4.0, -1.0), black),
+        ((4.0, 1.0), white),
+        ((-4.0, 4.0), white),
+        ((0.0, 0.0), black),
     ]
     x = torch.tensor([point for point, _ in points_and_values], dtype=torch.float64)
     assert board.log_prob(x).tolist() == [value for _, value in points_and_values]

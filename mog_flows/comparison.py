@@ -1,0 +1,750 @@
+"""Gaussian base against mixture-of-Gaussians base: the same flows, parameter budgets, data, steps and optimiser.
+
+Shapes: N points, D features, K mixture components, M target modes, R grid resolution.
+
+One run (`RunSpec` -> `run_one`) draws train / validation / test sets from a target with `make_splits(seed)`,
+builds a flow with `build_flow` (torch seeded with `seed`), trains it with `fit` (Adam, cosine decay, the MoG base
+initialised by EM on the data pushed through the new, identity flow) and evaluates the parameters with the lowest
+validation NLL (checked every `checkpoint_every` steps) on the test set:
+
+    test NLL   = -(1/N) Σ_n log q(x_n)
+    KL(p ‖ q) ≈ (1/N) Σ_n [log p(x_n) - log q(x_n)]     on the same test points x_n ~ p (targets with exact p)
+
+plus mode coverage (targets with point modes) and the parameter count.
+
+Rules that hold for every target and transform:
+
+- K = M, the number of point modes when the target lists them (`target.modes`), else `DEFAULT_COMPONENTS`.
+- Equal budgets: a diagonal MoG base adds K(1 + 2D) parameters, so the Gaussian-base flow gets the smallest
+  width ≥ the MoG flow's `hidden_features` that gives it at least as many parameters as the MoG flow
+  (`matched_hidden_features`). Any advantage of the mixture is then not bought with parameters.
+
+`run_comparison` runs many specs (in a process pool with one torch thread each when `workers > 1`); `summarize`
+and `paired_differences` reduce the rows over seeds; `write_csv`, `write_markdown` and `plot_density_grid` write
+the results, and `main` is the command line (`python experiments/compare_bases.py`, `mog-flows compare`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checks import check_choice, check_positive_int
+from .datasets import DATASETS, Digits, Target, get_dataset, make_splits
+from .evaluation import evaluate
+from .flows import TRANSFORMS, build_flow
+from .training import TrainingDivergedError, fit, load_checkpoint
+
+__all__ = [
+    "BASES",
+    "DEFAULT_COMPONENTS",
+    "RunSpec",
+    "count_parameters",
+    "default_num_components",
+    "matched_hidden_features",
+    "run_one",
+    "spec_key",
+    "run_comparison",
+    "summarize",
+    "paired_differences",
+    "write_csv",
+    "read_csv",
+    "write_markdown",
+    "plot_density_grid",
+    "save_densities",
+    "main",
+]
+
+BASES = ("gaussian", "mog")
+_ROW_FORMAT = 1  # bump when run_one's rows change, so that cached rows are not reused
+DEFAULT_COMPONENTS = 8  # K for targets whose modes are not points (rings, spirals, digits)
+METRICS = ("nll", "kl", "mode_coverage", "seconds_per_step")
+CSV_COLUMNS = (
+    "dataset",
+    "features",
+    "base",
+    "transform",
+    "seed",
+    "num_components",
+    "num_layers",
+    "hidden_features",
+    "parameters",
+    "mog_parameters",
+    "steps",
+    "batch_size",
+    "lr",
+    "num_train",
+    "num_val",
+    "num_test",
+    "checkpoint_every",
+    "best_step",
+    "nll",
+    "nll_per_dim",
+    "kl",
+    "mode_coverage",
+    "train_seconds",
+    "seconds_per_step",
+    "error",
+)
+
+
+# ---------------------------------------------------------------------------------------------------- one run
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one training run.
+
+    Attributes:
+        dataset: a name in `datasets.DATASETS`.
+        base: "gaussian" or "mog".
+        transform: "nsf", "maf" or "realnvp".
+        seed: seeds the data splits, the flow's initialisation and `fit`.
+        steps, batch_size, lr: `fit`'s arguments (Adam with cosine decay from `lr`).
+        num_components: K of the MoG base; None: `default_num_components(target)`. A Gaussian-base run uses it
+            to compute the budget it is matched to.
+        hidden_features: conditioner width of the MoG flow; the Gaussian-base flow gets
+            `matched_hidden_features(...)` ≥ this.
+        num_layers: flow layers.
+        num_train, num_val, num_test: split sizes for sampled targets (digits use their fixed splits).
+        checkpoint_every: steps between validations; the best validated parameters are evaluated.
+        density_resolution: when set and D = 2, also record the learned density on an R × R grid over
+            [-density_bounds, density_bounds]² (row key "density", not written to the CSV).
+    """
+
+    dataset: str
+    base: str
+    transform: str
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 512
+    lr: float = 1e-3
+    num_components: int | None = None
+    hidden_features: int = 64
+    num_layers: int = 4
+    num_train: int = 50_000
+    num_val: int = 5_000
+    num_test: int = 10_000
+    checkpoint_every: int = 100
+    density_resolution: int | None = None
+    density_bounds: float = 4.5
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("base", self.base, BASES)
+        check_choice("transform", self.transform, TRANSFORMS)
+        for name in ("steps", "batch_size", "hidden_features", "num_layers", "num_train", "num_val", "num_test"):
+            check_positive_int(name, getattr(self, name))
+        if self.num_components is not None:
+            check_positive_int("num_components", self.num_components)
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ValueError(f"seed must be a non-negative integer; got {self.seed!r}")
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def default_num_components(target: Target) -> int:
+    """K = M, the number of point modes the target lists, else `DEFAULT_COMPONENTS` (rings, spirals, digits)."""
+    modes = getattr(target, "modes", None)
+    return DEFAULT_COMPONENTS if modes is None else int(modes.shape[0])
+
+
+def _flow_parameters(features: int, base: str, transform: str, num_layers: int, hidden: int, components: int) -> int:
+    flow = build_flow(
+        features,
+        base=base,
+        transform=transform,
+        num_layers=num_layers,
+        hidden_features=hidden,
+        num_components=components,
+    )
+    return count_parameters(flow)
+
+
+def matched_hidden_features(
+    features: int, transform: str, *, num_layers: int, hidden_features: int, num_components: int
+) -> tuple[int, int, int]:
+    """The Gaussian-base flow's width for an equal budget: the smallest h ≥ `hidden_features` whose
+    Gaussian-base flow has at least as many parameters as the MoG-base flow of width `hidden_features`.
+
+    Returns (h, parameters of that Gaussian-base flow, parameters of the MoG-base flow)."""
+    budget = _flow_parameters(features, "mog", transform, num_layers, hidden_features, num_components)
+    hidden = hidden_features
+    while (count := _flow_parameters(features, "gaussian", transform, num_layers, hidden, num_components)) < budget:
+        hidden += 1
+    return hidden, count, budget
+
+
+def _splits(target: Target, spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if isinstance(target, Digits):  # the fixed train / val / test splits
+        return make_splits(target, None, None, None, seed=spec.seed)
+    return make_splits(target, spec.num_train, spec.num_val, spec.num_test, seed=spec.seed)
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Train and evaluate one flow; returns a row: the spec's settings, the flow's width and parameter count
+    ("parameters", and "mog_parameters", the budget of the MoG flow it is matched to), the test metrics ("nll",
+    "nll_per_dim", "kl", "mode_coverage"; NaN where undefined), "best_step", "train_seconds",
+    "seconds_per_step", "error" (empty, or the message of a diverged run, whose metrics are NaN) and, with
+    `spec.density_resolution` and D = 2, "density" (R, R) float32 on the grid [y, x]."""
+    target = get_dataset(spec.dataset)
+    D = target.features
+    K = spec.num_components or default_num_components(target)
+    hidden, _, mog_count = matched_hidden_features(
+        D, spec.transform, num_layers=spec.num_layers, hidden_features=spec.hidden_features, num_components=K
+    )
+    if spec.base == "mog":
+        hidden = spec.hidden_features
+    train, val, test = _splits(target, spec)
+    torch.manual_seed(spec.seed)
+    flow = build_flow(
+        D,
+        base=spec.base,
+        transform=spec.transform,
+        num_layers=spec.num_layers,
+        hidden_features=hidden,
+        num_components=K,
+    )
+    row: dict[str, Any] = {
+        **{k: v for k, v in dataclasses.asdict(spec).items() if k in CSV_COLUMNS},
+        "features": D,
+        "num_components": K,
+        "hidden_features": hidden,
+        "parameters": count_parameters(flow),
+        "mog_parameters": mog_count,
+        "num_train": train.shape[0],
+        "num_val": val.shape[0],
+        "num_test": test.shape[0],
+        "error": "",
+    }
+    with tempfile.TemporaryDirectory(prefix="mog_flows_compare_") as directory:
+        start = time.perf_counter()
+        try:
+            history = fit(
+                flow,
+                train,
+                steps=spec.steps,
+                batch_size=spec.batch_size,
+                lr=spec.lr,
+                seed=spec.seed,
+                val_data=val,
+                checkpoint_dir=directory,
+                checkpoint_every=min(spec.checkpoint_every, spec.steps),
+                device="cpu",
+                progress=False,
+            )
+        except TrainingDivergedError as error:
+            seconds = time.perf_counter() - start
+            nan = {m: math.nan for m in ("nll", "nll_per_dim", "kl", "mode_coverage", "best_step")}
+            return {**row, **nan, "train_seconds": seconds, "seconds_per_step": math.nan, "error": str(error)}
+        seconds = time.perf_counter() - start
+        load_checkpoint(Path(directory) / "best.pt", flow)
+    flow.eval()
+    torch.manual_seed(spec.seed)  # mode coverage samples from the flow
+    metrics = evaluate(flow, target, test, num_samples=min(5000, 2 * test.shape[0]))
+    row.update(
+        metrics,
+        best_step=history.best_step,
+        train_seconds=seconds,
+        seconds_per_step=history.wall_time / max(history.steps, 1),
+    )
+    if spec.density_resolution and D == 2:
+        from .plotting import density_on_grid
+
+        with torch.no_grad():
+            _, density = density_on_grid(
+                lambda x: flow.log_prob(x.float()), spec.density_bounds, spec.density_resolution
+            )
+        row["density"] = density.float()
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- many runs
+def _cost(spec: RunSpec) -> float:
+    """A rough relative cost, to start the longest runs first."""
+    features = get_dataset(spec.dataset).features
+    return spec.steps * (3.0 if spec.transform == "nsf" else 1.0) * (1 + features / 16)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_indexed(item: tuple[int, RunSpec]) -> tuple[int, dict[str, Any]]:
+    index, spec = item
+    return index, run_one(spec)
+
+
+def spec_key(spec: RunSpec) -> str:
+    """A file-name-safe digest of every field of `spec` (and the format of the rows), naming its cached row."""
+    text = json.dumps({"row_format": _ROW_FORMAT, **dataclasses.asdict(spec)}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _load_cached(cache_dir: Path | None, spec: RunSpec) -> dict[str, Any] | None:
+    path = None if cache_dir is None else cache_dir / f"{spec_key(spec)}.pt"
+    if path is None or not path.exists():
+        return None
+    try:
+        row = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a file cut short by a kill: run the spec again
+        return None
+    return row if isinstance(row, dict) and row.get("spec_key") == spec_key(spec) else None
+
+
+def _save_cached(cache_dir: Path, spec: RunSpec, row: dict[str, Any]) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{spec_key(spec)}.pt"
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save({**row, "spec_key": spec_key(spec)}, temporary)
+    os.replace(temporary, path)
+
+
+def run_comparison(
+    specs: Sequence[RunSpec],
+    *,
+    workers: int = 1,
+    on_result: Callable[[int, int, dict[str, Any]], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """`run_one` for every spec; rows come back in the order of `specs`.
+
+    Every run uses one torch thread (these small networks only lose time to intra-op threads); with
+    `workers > 1` the runs go to a pool of `workers` spawned processes, longest first.
+    `on_result(done, total, row)` is called as each run finishes.
+
+    With `cache_dir`, each finished row is saved there at once (`<spec_key(spec)>.pt`), and specs whose row is
+    already there are not run again: a comparison that was killed resumes where it stopped."""
+    check_positive_int("workers", workers)
+    specs = list(specs)
+    cache = None if cache_dir is None else Path(cache_dir)
+    rows: list[dict[str, Any] | None] = [_load_cached(cache, spec) for spec in specs]
+    for row in rows:
+        if row is not None:
+            row.pop("spec_key")
+    pending = sorted((i for i, row in enumerate(rows) if row is None), key=lambda i: -_cost(specs[i]))
+    items = [(i, specs[i]) for i in pending]
+    already = len(specs) - len(items)
+    threads = torch.get_num_threads()
+    if workers == 1 or len(items) <= 1:
+        torch.set_num_threads(1)  # these small networks only lose time to intra-op threads
+        results: Iterable[tuple[int, dict[str, Any]]] = map(_run_indexed, items)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(items)), initializer=_init_worker)
+        results = pool.imap_unordered(_run_indexed, items)
+    finished = False
+    try:
+        for done, (index, row) in enumerate(results, start=already + 1):
+            rows[index] = row
+            if cache is not None:
+                _save_cached(cache, specs[index], row)
+            if on_result is not None:
+                on_result(done, len(specs), row)
+        finished = True
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            if finished:
+                pool.close()
+            else:  # an error or Ctrl-C: stop the remaining runs
+                pool.terminate()
+            pool.join()
+    return rows  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------- reductions
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; NaN for one value)."""
+    if not values:
+        return math.nan, math.nan
+    mean = math.fsum(values) / len(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    return not row.get("error")
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds per (dataset, base, transform), in first-seen order.
+
+    Each summary has dataset, base, transform, features, num_components, hidden_features, parameters,
+    mog_parameters, steps, "runs" (rows), "failed" (diverged rows, left out of the statistics), "n" (rows used)
+    and `<metric>_mean`, `<metric>_std` for nll, kl, mode_coverage and seconds_per_step (sample std, n - 1;
+    NaN with one seed)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["base"], row["transform"]), []).append(row)
+    summaries = []
+    for (dataset, base, transform), group in groups.items():
+        good = [row for row in group if _ok(row)]
+        first = group[0]
+        summary = {
+            "dataset": dataset,
+            "base": base,
+            "transform": transform,
+            **{key: first.get(key) for key in ("features", "num_components", "hidden_features", "parameters")},
+            **{key: first.get(key) for key in ("mog_parameters", "steps")},
+            "runs": len(group),
+            "failed": len(group) - len(good),
+            "n": len(good),
+        }
+        for metric in METRICS:
+            values = [float(row[metric]) for row in good if metric in row]
+            summary[f"{metric}_mean"], summary[f"{metric}_std"] = _mean_std(values)
+        summaries.append(summary)
+    return summaries
+
+
+def paired_differences(rows: Iterable[dict[str, Any]], metric: str = "nll") -> list[dict[str, Any]]:
+    """MoG minus Gaussian `metric` per (dataset, transform), paired by seed (same data for both bases).
+
+    Each entry: dataset, transform, "pairs", "mog_wins" (seeds where the MoG base's value is lower),
+    "diff_mean", "diff_std" (sample std over seeds)."""
+    values: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for row in rows:
+        if _ok(row):
+            key = (row["dataset"], row["transform"])
+            values.setdefault(key, {b: {} for b in BASES})[row["base"]][row["seed"]] = float(row[metric])
+    out = []
+    for (dataset, transform), by_base in values.items():
+        seeds = sorted(set(by_base["mog"]) & set(by_base["gaussian"]))
+        diffs = [by_base["mog"][s] - by_base["gaussian"][s] for s in seeds]
+        mean, std = _mean_std(diffs)
+        out.append(
+            {
+                "dataset": dataset,
+                "transform": transform,
+                "pairs": len(seeds),
+                "mog_wins": sum(d < 0 for d in diffs),
+                "diff_mean": mean,
+                "diff_std": std,
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- writers
+def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
+    """One line per run with the columns `CSV_COLUMNS` (arrays such as "density" are left out)."""
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+_INTEGER_COLUMNS = {"features", "seed", "num_components", "num_layers", "hidden_features", "parameters"} | {
+    "mog_parameters",
+    "steps",
+    "batch_size",
+    "num_train",
+    "num_val",
+    "num_test",
+    "checkpoint_every",
+}
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows `write_csv` wrote, with numbers as int / float again (NaN for empty cells)."""
+
+    def parse(key: str, value: str) -> Any:
+        if key in ("dataset", "base", "transform", "error"):
+            return value
+        if key in _INTEGER_COLUMNS:
+            return int(value)
+        return float(value) if value not in ("", "None") else math.nan
+
+    with open(path, newline="") as file:
+        return [{key: parse(key, value) for key, value in row.items()} for row in csv.DictReader(file)]
+
+
+def _pm(mean: float, std: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_markdown(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    title: str = "Gaussian base vs mixture-of-Gaussians base",
+    kl_targets: dict[str, float] | None = None,
+) -> str:
+    """The results table (one line per dataset × transform, both bases side by side, mean ± std over seeds), the
+    parameter counts, the settings, the issue's targets checked against the numbers, and the list of cases where
+    the MoG base did not lower the test NLL. Writes it to `path` and returns it.
+
+    `kl_targets`: {dataset: threshold} for "MoG + NSF reaches KL < threshold" (default: eight_gaussians and grid
+    at 0.02 nats)."""
+    kl_targets = {"eight_gaussians": 0.02, "grid": 0.02} if kl_targets is None else kl_targets
+    summaries = {(s["dataset"], s["base"], s["transform"]): s for s in summarize(rows)}
+    pairs = {(p["dataset"], p["transform"]): p for p in paired_differences(rows)}
+    first = rows[0]
+    seeds = sorted({row["seed"] for row in rows})
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    transforms = [t for t in TRANSFORMS if any(row["transform"] == t for row in rows)]
+
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(rows)} runs: {len(datasets)} targets × {len(transforms)} transforms × 2 bases × "
+        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}). "
+        f"Every run: {first['num_layers']} flow layers, Adam, lr {first['lr']:g} with cosine decay, batch "
+        f"{first['batch_size']}, gradient-norm clipping at 5, the same steps for both bases (column *steps*); "
+        f"{first['num_train']} train / {first['num_val']} validation / {first['num_test']} test points drawn from the "
+        "target with the seed (digits: the fixed 1257 / 180 / 360 split). The parameters with the lowest validation "
+        f"NLL (checked every {first['checkpoint_every']} steps) are "
+        "evaluated on the test set.",
+        "",
+        "- **MoG base**: diagonal mixture with K components, K = the number of point modes of the target where it "
+        f"lists them, else {DEFAULT_COMPONENTS} (rings, spirals, digits); initialised by EM on the training data "
+        "pushed through the new (identity) flow; conditioner width as in *hidden* (G / M) below.",
+        "- **Equal budgets**: the MoG base adds K(1 + 2D) parameters; the Gaussian-base flow gets the smallest "
+        "conditioner width ≥ the MoG flow's whose parameter count is ≥ the MoG flow's (*params* G / M).",
+        "- **NLL**: mean test negative log-likelihood in nats (lower is better). **KL** = KL(p‖q) ≈ mean over the "
+        "same test points of log p − log q (paired), for targets with an exact density. **ΔNLL** = MoG − Gaussian "
+        "per seed (same data), mean ± std; *wins* = seeds where the MoG base has the lower test NLL. "
+        "± is the sample standard deviation over seeds.",
+        "",
+        "| target | D | K | transform | steps | hidden G / M | params G / M | NLL Gaussian | NLL MoG | ΔNLL | wins "
+        "| KL Gaussian | KL MoG | modes G / M |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in datasets:
+        for transform in transforms:
+            g, m = summaries.get((dataset, "gaussian", transform)), summaries.get((dataset, "mog", transform))
+            if g is None or m is None:
+                continue
+            p = pairs.get(
+                (dataset, transform), {"pairs": 0, "mog_wins": 0, "diff_mean": math.nan, "diff_std": math.nan}
+            )
+            coverage = (
+                "—"
+                if math.isnan(g["mode_coverage_mean"])
+                else f"{g['mode_coverage_mean']:.2f} / {m['mode_coverage_mean']:.2f}"
+            )
+            failed = g["failed"] + m["failed"]
+            lines.append(
+                f"| {dataset}{f' ({failed} failed)' if failed else ''} | {m['features']} | {m['num_components']} "
+                f"| {transform} | {m['steps']} | {g['hidden_features']} / {m['hidden_features']} "
+                f"| {g['parameters']} / {m['parameters']} | {_pm(g['nll_mean'], g['nll_std'])} "
+                f"| {_pm(m['nll_mean'], m['nll_std'])} | {_pm(p['diff_mean'], p['diff_std'])} "
+                f"| {p['mog_wins']}/{p['pairs']} | {_pm(g['kl_mean'], g['kl_std'])} | {_pm(m['kl_mean'], m['kl_std'])} "
+                f"| {coverage} |"
+            )
+    lines += ["", "## The issue's targets (set for the full run), checked against these numbers", ""]
+    for dataset, threshold in kl_targets.items():
+        m = summaries.get((dataset, "mog", "nsf"))
+        if m is None:
+            lines.append(f"- MoG + NSF KL < {threshold} on {dataset}: not run.")
+            continue
+        met = m["kl_mean"] < threshold
+        lines.append(
+            f"- MoG + NSF KL < {threshold} nats on {dataset}: {_pm(m['kl_mean'], m['kl_std'])} — "
+            f"**{'met' if met else 'NOT met'}**"
+            + ("" if math.isnan(m["kl_std"]) or not met or m["kl_mean"] + m["kl_std"] < threshold else " (on average)")
+            + "."
+        )
+    multimodal = [d for d in datasets if get_dataset(d).is_multimodal]
+    cells = [pairs[(d, t)] for d in multimodal for t in transforms if (d, t) in pairs]
+    better = [
+        p
+        for p in cells
+        if summaries[(p["dataset"], "mog", p["transform"])]["nll_mean"]
+        < summaries[(p["dataset"], "gaussian", p["transform"])]["nll_mean"]
+    ]
+    lines.append(
+        f"- MoG base lowers the mean test NLL on every multimodal target for every transform: {len(better)} of "
+        f"{len(cells)} target × transform cells — **{'met' if len(better) == len(cells) else 'NOT met'}**."
+    )
+    lines += ["", "## Where the mixture base does not help", ""]
+    losses = []
+    for p in cells + [pairs[(d, t)] for d in datasets if d not in multimodal for t in transforms if (d, t) in pairs]:
+        g = summaries[(p["dataset"], "gaussian", p["transform"])]
+        m = summaries[(p["dataset"], "mog", p["transform"])]
+        if not m["nll_mean"] < g["nll_mean"]:
+            losses.append(
+                f"- {p['dataset']}, {p['transform']}: MoG {_pm(m['nll_mean'], m['nll_std'])} vs Gaussian "
+                f"{_pm(g['nll_mean'], g['nll_std'])} nats (ΔNLL {_pm(p['diff_mean'], p['diff_std'])}, MoG lower on "
+                f"{p['mog_wins']}/{p['pairs']} seeds)."
+            )
+        elif p["pairs"] > 1 and p["mog_wins"] < p["pairs"]:
+            losses.append(
+                f"- {p['dataset']}, {p['transform']}: lower on average (ΔNLL {_pm(p['diff_mean'], p['diff_std'])}) "
+                f"but not on every seed ({p['mog_wins']}/{p['pairs']})."
+            )
+    lines += losses or ["- Nowhere in this run: the MoG base has the lower test NLL on every seed of every cell."]
+    failures = [row for row in rows if not _ok(row)]
+    if failures:
+        lines += ["", "## Failed runs", ""]
+        lines += [
+            f"- {r['dataset']}, {r['transform']}, {r['base']} base, seed {r['seed']}: {r['error'].splitlines()[0]}"
+            for r in failures
+        ]
+    seconds = [
+        f"{t} {statistics.fmean(r['seconds_per_step'] for r in rows if r['transform'] == t and _ok(r)) * 1000:.0f} ms"
+        for t in transforms
+        if any(r["transform"] == t and _ok(r) for r in rows)
+    ]
+    lines += ["", f"Mean training time per step (one CPU thread per run, incl. validation): {', '.join(seconds)}.", ""]
+    text = "\n".join(lines)
+    Path(path).write_text(text)
+    return text
+
+
+def plot_density_grid(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    transform: str,
+    seed: int,
+    bounds: float = 4.5,
+    resolution: int = 200,
+) -> bool:
+    """Heatmaps, one row per 2-D target: the true density, then the Gaussian-base and the MoG-base flow of
+    `transform` and `seed` (densities recorded by `run_one` with `density_resolution`). Targets with D > 2 are
+    skipped. Returns False (and writes nothing) when no row has a density to draw."""
+    from .plotting import plot_density_panels
+
+    chosen = {
+        (row["dataset"], row["base"]): row
+        for row in rows
+        if row["transform"] == transform and row["seed"] == seed and "density" in row
+    }
+    panels = []
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        if not all((dataset, base) in chosen for base in BASES):
+            continue
+        target = get_dataset(dataset)
+        panels.append((f"{dataset}: true density", lambda x, target=target: target.log_prob(x.double())))
+        for base in BASES:
+            row = chosen[(dataset, base)]
+            kl = "" if math.isnan(row["kl"]) else f", KL {row['kl']:.3f}"
+            panels.append((f"{transform}, {base} base (NLL {row['nll']:.3f}{kl})", row["density"]))
+    if not panels:
+        return False
+    plot_density_panels(panels, path, bounds=bounds, resolution=resolution, columns=3)
+    return True
+
+
+def save_densities(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """The recorded learned densities (R, R) as a compressed .npz, keyed "dataset/base/transform/seed"."""
+    import numpy as np
+
+    arrays = {
+        f"{row['dataset']}/{row['base']}/{row['transform']}/{row['seed']}": row["density"].numpy()
+        for row in rows
+        if "density" in row
+    }
+    np.savez_compressed(path, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+QUICK = dict(datasets=["eight_gaussians", "grid", "rings"], transforms=["nsf", "maf"], seeds=[0], steps=800)
+SMOKE = dict(datasets=["eight_gaussians", "gaussian_mixture"], transforms=["nsf", "maf"], seeds=[0], steps=5)
+
+
+def _parser(default_out: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compare_bases",
+        description="Gaussian base vs MoG base × {nsf, maf, realnvp} × targets, equal parameter budgets. "
+        "Writes compare_bases.{md,csv,png,npz} (compare_bases_quick.* with --quick). Finished runs are kept in "
+        "OUT/.NAME_cache/ until all are done: the same command run again after an interruption resumes.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help=f"a small subset: {QUICK}")
+    mode.add_argument("--smoke", action="store_true", help="tiny data and steps, for tests")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
+    parser.add_argument("--transforms", nargs="+", choices=TRANSFORMS, help="default: all")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
+    parser.add_argument("--steps", type=int, help="training steps for every target (default 2000)")
+    parser.add_argument("--digits-steps", type=int, help="steps for digits (default 500 in the full run, else --steps)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--hidden-features", type=int, default=64, help="conditioner width of the MoG flows")
+    parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", type=Path, default=default_out, help=f"results folder (default {default_out})")
+    parser.add_argument("--name", help="file stem (default compare_bases, compare_bases_quick with --quick)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = "experiments/results") -> list[dict]:
+    """The comparison's command line; returns the rows."""
+    args = _parser(Path(default_out)).parse_args(argv)
+    preset = QUICK if args.quick else SMOKE if args.smoke else dict(seeds=[0, 1, 2], steps=2000, digits_steps=500)
+    datasets = args.datasets or preset.get("datasets", list(DATASETS))
+    transforms = args.transforms or preset.get("transforms", list(TRANSFORMS))
+    seeds = args.seeds if args.seeds is not None else preset["seeds"]
+    steps = args.steps or preset["steps"]
+    name = args.name or ("compare_bases_quick" if args.quick else "compare_bases")
+    sizes = dict(num_train=500, num_val=100, num_test=200) if args.smoke else {}
+    resolution = 30 if args.smoke else 160
+    specs = [
+        RunSpec(
+            dataset,
+            base,
+            transform,
+            seed=seed,
+            steps=(args.digits_steps or preset.get("digits_steps", steps)) if dataset == "digits" else steps,
+            batch_size=min(args.batch_size, 64) if args.smoke else args.batch_size,
+            lr=args.lr,
+            hidden_features=8 if args.smoke else args.hidden_features,
+            num_layers=2 if args.smoke else args.num_layers,
+            checkpoint_every=min(100, steps),
+            density_resolution=resolution if seed == seeds[0] else None,
+            **sizes,
+        )
+        for dataset in datasets
+        for transform in transforms
+        for seed in seeds
+        for base in BASES
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+
+    def report(done: int, total: int, row: dict[str, Any]) -> None:
+        status = row["error"].splitlines()[0] if row["error"] else f"NLL {row['nll']:.4f}, KL {row['kl']:.4f}"
+        print(
+            f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {row['dataset']} {row['transform']} "
+            f"{row['base']} seed {row['seed']}: {status} ({row['seconds_per_step'] * 1000:.0f} ms/step)",
+            flush=True,
+        )
+
+    cache_dir = args.out / f".{name}_cache"
+    if any(cache_dir.glob("*.pt")):
+        print(f"resuming: runs already in {cache_dir} are not run again")
+    rows = run_comparison(specs, workers=args.workers, on_result=report, cache_dir=cache_dir)
+    write_csv(rows, args.out / f"{name}.csv")
+    title = "Gaussian base vs mixture-of-Gaussians base" + (" (--quick)" if args.quick else "")
+    text = write_markdown(rows, args.out / f"{name}.md", title=title)
+    figure_transform = "nsf" if "nsf" in transforms else transforms[0]
+    plotted = plot_density_grid(
+        rows, args.out / f"{name}.png", transform=figure_transform, seed=seeds[0], resolution=resolution
+    )
+    save_densities(rows, args.out / f"{name}_densities.npz")
+    shutil.rmtree(cache_dir)  # every row is in the files now
+    print(text)
+    written = [f"{name}.md", f"{name}.csv", f"{name}_densities.npz"] + ([f"{name}.png"] if plotted else [])
+    print(f"wrote {', '.join(str(args.out / w) for w in written)} in {time.perf_counter() - began:.0f} s")
+    return rows

@@ -1,0 +1,37 @@
+"""Experiment scripts and notebooks run end to end with tiny settings (as pyro's test_examples.py does)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, check=True, capture_output=True, text=True)
+
+
+def test_benchmark_quick_runs(tmp_path):
+    script = ROOT / "benchmarks" / "bench_mixture.py"
+    if not script.exists():
+        pytest.fail("benchmarks/bench_mixture.py is missing")
+    run_script(script, "--quick", "--out", tmp_path)
+    table = (tmp_path / "bench_mixture.md").read_text()
+    assert "| mog_flows |" in table and "| torch |" in table
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_runs_with_smoke_settings(notebook):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(notebook, as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
+        "commit notebooks without outputs"
+    )
+    os.environ.setdefault("SMOKE_TEST", "1")
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    ).execute()

@@ -36,14 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(steps=4, batch_size=32, hidden_features=8, num_layers=2, num_train=200, num_val=50, num_test=100)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("base", ["gaussian", "mog"])
 def test_run_one_returns_finite_metrics_and_matched_budgets(base):
     row = run_one(RunSpec("eight_gaussians", base, "nsf", density_resolution=12, **TINY))

@@ -45,16 +45,6 @@ BIN_WIDTH = 0.4  # chi-square bins: a whole number of grid cells
 NUM_SAMPLES = 100_000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are small (≤ 1.5·10⁶ elements): on a busy 2-core runner intra-op threads cost far more
-    in synchronisation than they save (measured 2× on the whole module), so run it on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.cache
 def grid_density(name: str) -> tuple[torch.Tensor, float]:
     """p on the midpoint grid, shape (G, G) indexed [x₁ cell, x₂ cell], and the grid step h."""

@@ -28,14 +28,6 @@ DOUBLE = torch.float64
 GAUSSIAN_ENTROPY = 0.5 * math.log(2 * math.pi * math.e)  # N(0, 1): 1.4189 nats
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def moments(x: torch.Tensor) -> torch.Tensor:
     """T(x) = (x, x²) per feature: (n, D) -> (n, 2D)."""
     return torch.cat([x, x * x], dim=-1)

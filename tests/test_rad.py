@@ -25,15 +25,6 @@ SMALL = dict(num_layers=3, hidden_features=16)
 PIECES = [1, 2, 3]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks gain nothing from intra-op threads, and two threads on a busy 2-core machine are slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @torch.no_grad()
 def perturb(module: nn.Module, scale: float = 0.05, *, gate_scale: float = 1.5, seed: int = 0) -> None:
     """Add seeded N(0, scale²) noise to every parameter, N(0, gate_scale²) to the gating networks' last layers."""

@@ -27,15 +27,6 @@ MODES = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]])  # (K, D) well separ
 STEPS, EVERY, BATCH = 12, 5, 64  # interruption tests: checkpoints after steps 0, 5, 10 and 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks gain nothing from intra-op threads, and two threads on a busy 2-core machine are slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mixture_sample(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """n points (n, 2) from the equal-weight mixture of N(MODES_k, 0.5² I)."""
     k = torch.randint(len(MODES), (n,), generator=generator)

@@ -259,6 +259,8 @@ def backward_call(model: nn.Module, x: Tensor) -> Callable[[], object]:
 
 @dataclass
 class Row:
+    """One implementation at one (covariance, N, K, D): median and best seconds per call, ratios, accuracy."""
+
     covariance: str
     N: int
     K: int
@@ -282,6 +284,7 @@ class Row:
 
 
 def throughput_rows(shapes, repeats: int, warmup: int, seed: int) -> list[Row]:
+    """Time and check every implementation on data sampled from one random mixture per (shape, covariance)."""
     rows = []
     for index, (N, K, D) in enumerate(shapes):
         for covariance in ("diagonal", "full"):
@@ -593,10 +596,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per implementation and row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for the whole run (default: leave torch's default); 1 sidesteps the stalls that "
+        "multi-threaded operations suffer when other processes hold the cores",
+    )
     args = parser.parse_args(argv)
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     td.Distribution.set_default_validate_args(False)  # peers at their fastest: no argument validation
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES

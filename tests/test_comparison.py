@@ -70,6 +70,8 @@ def test_run_comparison_resumes_from_its_cache(tmp_path, monkeypatch):
     assert rows[0] == first[0] and rows[1]["base"] == "mog"
     assert len(list(tmp_path.glob("*.pt"))) == 2
     assert comparison.spec_key(specs[0]) != comparison.spec_key(dataclasses.replace(specs[0], seed=1))
+    # K is part of the key once resolved: the default and the same K given explicitly name the same run
+    assert comparison.spec_key(specs[0]) == comparison.spec_key(dataclasses.replace(specs[0], num_components=8))
 
 
 @pytest.mark.parametrize(("features", "transform", "components"), [(2, "nsf", 8), (2, "realnvp", 25), (10, "maf", 10)])
@@ -90,9 +92,11 @@ def test_matched_hidden_features_is_the_smallest_width_at_or_over_the_budget(fea
     assert hidden > 8 and parameters("gaussian", hidden - 1) < budget
 
 
-def test_default_num_components_counts_point_modes():
+def test_default_num_components_counts_point_modes_but_at_least_eight():
     assert default_num_components(get_dataset("eight_gaussians")) == 8
     assert default_num_components(get_dataset("grid")) == 25
+    assert default_num_components(get_dataset("gaussian_mixture")) == 10
+    assert default_num_components(get_dataset("moons")) == 8  # two curved pieces: more Gaussians than pieces
     assert default_num_components(get_dataset("rings")) == 8  # no point modes: the default
 
 
@@ -155,6 +159,9 @@ def test_summarize_computes_mean_and_sample_std_over_seeds():
     assert summaries["gaussian"]["n"] == 3 and summaries["mog"]["failed"] == 0
     one = summarize(rows[:1])[0]
     assert one["nll_mean"] == 3.0 and math.isnan(one["nll_std"])
+    no_kl = summarize([{**row, "kl": math.nan} for row in rows])[0]  # a target without an exact density
+    assert math.isnan(no_kl["kl_mean"]) and math.isnan(no_kl["kl_std"])
+    assert no_kl["nll_mean"] == pytest.approx(3.2)
 
 
 def test_paired_differences_and_honest_report(tmp_path):

@@ -18,6 +18,9 @@ Rules that hold for every target and transform:
 - Equal budgets: a diagonal MoG base adds K(1 + 2D) parameters, so the Gaussian-base flow gets the smallest
   width ≥ the MoG flow's `hidden_features` that gives it at least as many parameters as the MoG flow
   (`matched_hidden_features`). Any advantage of the mixture is then not bought with parameters.
+- A third model kind, "rad" (`baselines.RAD`, `num_pieces` pieces, `num_layers` layers, standard normal base),
+  gets the smallest width whose RAD has at least as many parameters as the MoG flow of the spec's transform
+  (`matched_rad_hidden_features`): the RAD study (`rad_comparison`) measures it against both flows.
 
 `run_comparison` runs many specs (in a process pool with one torch thread each when `workers > 1`); `summarize`
 and `paired_differences` reduce the rows over seeds; `write_csv`, `write_markdown` and `plot_density_grid` write
@@ -45,6 +48,7 @@ from typing import Any
 
 import torch
 
+from .baselines import RAD
 from .checks import check_choice, check_positive_int
 from .datasets import DATASETS, Digits, Target, get_dataset, make_splits
 from .evaluation import evaluate
@@ -53,11 +57,13 @@ from .training import TrainingDivergedError, fit, load_checkpoint
 
 __all__ = [
     "BASES",
+    "MODELS",
     "DEFAULT_COMPONENTS",
     "RunSpec",
     "count_parameters",
     "default_num_components",
     "matched_hidden_features",
+    "matched_rad_hidden_features",
     "run_one",
     "spec_key",
     "run_comparison",
@@ -72,7 +78,9 @@ __all__ = [
 ]
 
 BASES = ("gaussian", "mog")
-_ROW_FORMAT = 1  # bump when run_one's rows change, so that cached rows are not reused
+MODELS = (*BASES, "rad")  # what RunSpec.base may name: a flow's base, or the RAD baseline
+_ROW_FORMAT = 2  # bump when run_one's rows change, so that cached rows are not reused
+NUM_SAMPLES_RECORDED = 2000  # model samples a row keeps for figures (with density_resolution, D = 2)
 DEFAULT_COMPONENTS = 8  # K for targets whose modes are not points (rings, spirals, digits)
 METRICS = ("nll", "kl", "mode_coverage", "seconds_per_step")
 CSV_COLUMNS = (
@@ -111,19 +119,21 @@ class RunSpec:
 
     Attributes:
         dataset: a name in `datasets.DATASETS`.
-        base: "gaussian" or "mog".
-        transform: "nsf", "maf" or "realnvp".
+        base: "gaussian" or "mog" (the flow's base), or "rad" (`baselines.RAD`, no flow).
+        transform: "nsf", "maf" or "realnvp"; for "rad", the transform of the MoG flow whose budget it is given.
         seed: seeds the data splits, the flow's initialisation and `fit`.
         steps, batch_size, lr: `fit`'s arguments (Adam with cosine decay from `lr`).
         num_components: K of the MoG base; None: `default_num_components(target)`. A Gaussian-base run uses it
             to compute the budget it is matched to.
         hidden_features: conditioner width of the MoG flow; the Gaussian-base flow gets
             `matched_hidden_features(...)` ≥ this.
-        num_layers: flow layers.
+        num_layers: flow layers (RAD: coupling layers).
+        num_pieces: pieces per RAD layer (used by base "rad" only; not part of the other specs' keys).
         num_train, num_val, num_test: split sizes for sampled targets (digits use their fixed splits).
         checkpoint_every: steps between validations; the best validated parameters are evaluated.
         density_resolution: when set and D = 2, also record the learned density on an R × R grid over
-            [-density_bounds, density_bounds]² (row key "density", not written to the CSV).
+            [-density_bounds, density_bounds]² (row key "density", not written to the CSV), and
+            `NUM_SAMPLES_RECORDED` samples of the model (row key "samples").
     """
 
     dataset: str
@@ -136,6 +146,7 @@ class RunSpec:
     num_components: int | None = None
     hidden_features: int = 64
     num_layers: int = 4
+    num_pieces: int = 2
     num_train: int = 50_000
     num_val: int = 5_000
     num_test: int = 10_000
@@ -145,9 +156,10 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
-        check_choice("base", self.base, BASES)
+        check_choice("base", self.base, MODELS)
         check_choice("transform", self.transform, TRANSFORMS)
-        for name in ("steps", "batch_size", "hidden_features", "num_layers", "num_train", "num_val", "num_test"):
+        positive = ("steps", "batch_size", "hidden_features", "num_layers", "num_pieces", "num_train", "num_val")
+        for name in (*positive, "num_test"):
             check_positive_int(name, getattr(self, name))
         if self.num_components is not None:
             check_positive_int("num_components", self.num_components)
@@ -195,6 +207,56 @@ def matched_hidden_features(
     return hidden, count, budget
 
 
+def _rad_parameters(features: int, num_pieces: int, num_layers: int, hidden: int) -> int:
+    return count_parameters(RAD(features, num_pieces=num_pieces, num_layers=num_layers, hidden_features=hidden))
+
+
+def matched_rad_hidden_features(
+    features: int, transform: str, *, num_layers: int, hidden_features: int, num_components: int, num_pieces: int
+) -> tuple[int, int, int]:
+    """RAD's width for an equal budget: the smallest h ≥ 1 whose `RAD(features, num_pieces=num_pieces,
+    num_layers=num_layers, hidden_features=h)` has at least as many parameters as the MoG-base flow of `transform`
+    and width `hidden_features` (RAD's count grows with h, so a bisection finds it).
+
+    Returns (h, parameters of that RAD, parameters of the MoG-base flow)."""
+    budget = _flow_parameters(features, "mog", transform, num_layers, hidden_features, num_components)
+    low, high = 1, max(hidden_features, 1)
+    while _rad_parameters(features, num_pieces, num_layers, high) < budget:
+        low, high = high + 1, 2 * high
+    while low < high:  # the smallest h in [low, high] with count(h) ≥ budget
+        middle = (low + high) // 2
+        if _rad_parameters(features, num_pieces, num_layers, middle) >= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return low, _rad_parameters(features, num_pieces, num_layers, low), budget
+
+
+def _build_model(spec: RunSpec, features: int, num_components: int) -> tuple[torch.nn.Module, int, int]:
+    """The spec's model with torch seeded by `spec.seed`: (model, its width, the MoG flow's parameter count)."""
+    widths = dict(num_layers=spec.num_layers, hidden_features=spec.hidden_features, num_components=num_components)
+    if spec.base == "rad":
+        hidden, _, mog_count = matched_rad_hidden_features(
+            features, spec.transform, num_pieces=spec.num_pieces, **widths
+        )
+        torch.manual_seed(spec.seed)
+        model = RAD(features, num_pieces=spec.num_pieces, num_layers=spec.num_layers, hidden_features=hidden)
+        return model, hidden, mog_count
+    hidden, _, mog_count = matched_hidden_features(features, spec.transform, **widths)
+    if spec.base == "mog":
+        hidden = spec.hidden_features
+    torch.manual_seed(spec.seed)
+    flow = build_flow(
+        features,
+        base=spec.base,
+        transform=spec.transform,
+        num_layers=spec.num_layers,
+        hidden_features=hidden,
+        num_components=num_components,
+    )
+    return flow, hidden, mog_count
+
+
 def _splits(target: Target, spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if isinstance(target, Digits):  # the fixed train / val / test splits
         return make_splits(target, None, None, None, seed=spec.seed)
@@ -202,31 +264,20 @@ def _splits(target: Target, spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Train and evaluate one flow; returns a row: the spec's settings, the flow's width and parameter count
-    ("parameters", and "mog_parameters", the budget of the MoG flow it is matched to), the test metrics ("nll",
-    "nll_per_dim", "kl", "mode_coverage"; NaN where undefined), "best_step", "train_seconds",
+    """Train and evaluate one model (a flow, or RAD); returns a row: the spec's settings, the model's width and
+    parameter count ("parameters", and "mog_parameters", the budget of the MoG flow it is matched to), the test
+    metrics ("nll", "nll_per_dim", "kl", "mode_coverage"; NaN where undefined), "best_step", "train_seconds",
     "seconds_per_step", "error" (empty, or the message of a diverged run, whose metrics are NaN) and, with
-    `spec.density_resolution` and D = 2, "density" (R, R) float32 on the grid [y, x]."""
+    `spec.density_resolution` and D = 2, "density" (R, R) float32 on the grid [y, x] and "samples"
+    (`NUM_SAMPLES_RECORDED`, D) float32."""
     target = get_dataset(spec.dataset)
     D = target.features
     K = spec.num_components or default_num_components(target)
-    hidden, _, mog_count = matched_hidden_features(
-        D, spec.transform, num_layers=spec.num_layers, hidden_features=spec.hidden_features, num_components=K
-    )
-    if spec.base == "mog":
-        hidden = spec.hidden_features
     train, val, test = _splits(target, spec)
-    torch.manual_seed(spec.seed)
-    flow = build_flow(
-        D,
-        base=spec.base,
-        transform=spec.transform,
-        num_layers=spec.num_layers,
-        hidden_features=hidden,
-        num_components=K,
-    )
+    flow, hidden, mog_count = _build_model(spec, D, K)
     row: dict[str, Any] = {
         **{k: v for k, v in dataclasses.asdict(spec).items() if k in CSV_COLUMNS},
+        "num_pieces": spec.num_pieces,  # RAD's; the flows' rows carry the spec's unused value
         "features": D,
         "num_components": K,
         "hidden_features": hidden,
@@ -276,6 +327,9 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                 lambda x: flow.log_prob(x.float()), spec.density_bounds, spec.density_resolution
             )
         row["density"] = density.float()
+        torch.manual_seed(spec.seed)
+        with torch.no_grad():
+            row["samples"] = flow.sample(NUM_SAMPLES_RECORDED).float().cpu()
     return row
 
 
@@ -283,7 +337,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 def _cost(spec: RunSpec) -> float:
     """A rough relative cost, to start the longest runs first."""
     features = get_dataset(spec.dataset).features
-    return spec.steps * (3.0 if spec.transform == "nsf" else 1.0) * (1 + features / 16)
+    return spec.steps * (3.0 if spec.transform == "nsf" or spec.base == "rad" else 1.0) * (1 + features / 16)
 
 
 def _init_worker() -> None:
@@ -297,8 +351,10 @@ def _run_indexed(item: tuple[int, RunSpec]) -> tuple[int, dict[str, Any]]:
 
 def spec_key(spec: RunSpec) -> str:
     """A file-name-safe digest of every field of `spec`, with K resolved (`default_num_components` when None),
-    and of the format of the rows; it names the spec's cached row."""
+    and of the format of the rows; it names the spec's cached row. `num_pieces` counts only for RAD specs."""
     fields = dataclasses.asdict(spec)
+    if spec.base != "rad":
+        del fields["num_pieces"]
     if fields["num_components"] is None:
         fields["num_components"] = default_num_components(get_dataset(spec.dataset))
     text = json.dumps({"row_format": _ROW_FORMAT, **fields}, sort_keys=True)
@@ -334,7 +390,8 @@ def run_comparison(
     """`run_one` for every spec; rows come back in the order of `specs`.
 
     Every run uses one torch thread (these small networks only lose time to intra-op threads); with
-    `workers > 1` the runs go to a pool of `workers` spawned processes, longest first.
+    `workers > 1` the runs go to a pool of `workers` spawned processes, longest first (with one worker they run
+    in the order of `specs`, so that an interrupted study has finished whole leading groups).
     `on_result(done, total, row)` is called as each run finishes.
 
     With `cache_dir`, each finished row is saved there at once (`<spec_key(spec)>.pt`), and specs whose row is
@@ -346,7 +403,9 @@ def run_comparison(
     for row in rows:
         if row is not None:
             row.pop("spec_key")
-    pending = sorted((i for i, row in enumerate(rows) if row is None), key=lambda i: -_cost(specs[i]))
+    pending = [i for i, row in enumerate(rows) if row is None]
+    if workers > 1:
+        pending.sort(key=lambda i: -_cost(specs[i]))
     items = [(i, specs[i]) for i in pending]
     already = len(specs) - len(items)
     threads = torch.get_num_threads()
@@ -424,20 +483,25 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return summaries
 
 
-def paired_differences(rows: Iterable[dict[str, Any]], metric: str = "nll") -> list[dict[str, Any]]:
-    """MoG minus Gaussian `metric` per (dataset, transform), paired by seed (same data for both bases).
+def paired_differences(
+    rows: Iterable[dict[str, Any]], metric: str = "nll", *, base: str = "mog", reference: str = "gaussian"
+) -> list[dict[str, Any]]:
+    """`base` minus `reference` `metric` per (dataset, transform), paired by seed (same data for both); `base` and
+    `reference` are model kinds of `MODELS` (default: MoG minus Gaussian).
 
-    Each entry: dataset, transform, "pairs", "mog_wins" (seeds where the MoG base's value is lower),
-    "diff_mean", "diff_std" (sample std over seeds)."""
+    Each entry: dataset, transform, "pairs", "mog_wins" (seeds where `base`'s value is lower; the name is kept from
+    the MoG-vs-Gaussian study), "diff_mean", "diff_std" (sample std over seeds)."""
+    check_choice("base", base, MODELS)
+    check_choice("reference", reference, MODELS)
     values: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
     for row in rows:
-        if _ok(row):
+        if _ok(row) and row["base"] in (base, reference):
             key = (row["dataset"], row["transform"])
-            values.setdefault(key, {b: {} for b in BASES})[row["base"]][row["seed"]] = float(row[metric])
+            values.setdefault(key, {base: {}, reference: {}})[row["base"]][row["seed"]] = float(row[metric])
     out = []
     for (dataset, transform), by_base in values.items():
-        seeds = sorted(set(by_base["mog"]) & set(by_base["gaussian"]))
-        diffs = [by_base["mog"][s] - by_base["gaussian"][s] for s in seeds]
+        seeds = sorted(set(by_base[base]) & set(by_base[reference]))
+        diffs = [by_base[base][s] - by_base[reference][s] for s in seeds]
         mean, std = _mean_std(diffs)
         out.append(
             {
@@ -453,10 +517,10 @@ def paired_differences(rows: Iterable[dict[str, Any]], metric: str = "nll") -> l
 
 
 # ---------------------------------------------------------------------------------------------------- writers
-def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
-    """One line per run with the columns `CSV_COLUMNS` (arrays such as "density" are left out)."""
+def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, *, columns: Sequence[str] = CSV_COLUMNS) -> None:
+    """One line per run with `columns` (default `CSV_COLUMNS`; arrays such as "density" are left out)."""
     with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(file, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -470,6 +534,7 @@ _INTEGER_COLUMNS = {"features", "seed", "num_components", "num_layers", "hidden_
     "num_val",
     "num_test",
     "checkpoint_every",
+    "num_pieces",
 }
 
 

@@ -200,3 +200,53 @@ def test_script_smoke_writes_table_csv_and_figure(tmp_path):
     assert "| eight_gaussians | 2 | 8 | nsf |" in (tmp_path / "compare_bases.md").read_text()
     assert (tmp_path / "compare_bases.png").stat().st_size > 5_000
     assert (tmp_path / "compare_bases_densities.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- the "rad" kind
+@pytest.mark.parametrize(("transform", "pieces"), [("nsf", 2), ("maf", 3)])
+def test_matched_rad_hidden_features_is_the_smallest_width_at_or_over_the_budget(transform, pieces):
+    from mog_flows.baselines import RAD
+
+    hidden, count, budget = comparison.matched_rad_hidden_features(
+        2, transform, num_layers=2, hidden_features=8, num_components=8, num_pieces=pieces
+    )
+    flow = build_flow(2, base="mog", transform=transform, num_layers=2, hidden_features=8, num_components=8)
+
+    def parameters(width):
+        return count_parameters(RAD(2, num_pieces=pieces, num_layers=2, hidden_features=width))
+
+    assert budget == count_parameters(flow)
+    assert count == parameters(hidden) >= budget
+    assert hidden == 1 or parameters(hidden - 1) < budget
+
+
+def test_run_one_trains_rad_at_the_mog_flows_budget():
+    row = run_one(RunSpec("eight_gaussians", "rad", "nsf", num_pieces=3, density_resolution=10, **TINY))
+    for key in ("nll", "kl", "mode_coverage", "seconds_per_step"):
+        assert math.isfinite(row[key]), key
+    assert row["error"] == "" and row["num_pieces"] == 3
+    mog = run_one(RunSpec("eight_gaussians", "mog", "nsf", **TINY))
+    assert row["parameters"] >= row["mog_parameters"] == mog["parameters"]
+    assert row["density"].shape == (10, 10) and row["samples"].shape == (comparison.NUM_SAMPLES_RECORDED, 2)
+    assert torch.isfinite(row["samples"]).all()
+
+
+def test_num_pieces_is_part_of_the_key_of_rad_specs_only():
+    mog = RunSpec("grid", "mog", "nsf")
+    rad = RunSpec("grid", "rad", "nsf")
+    assert comparison.spec_key(mog) == comparison.spec_key(dataclasses.replace(mog, num_pieces=5))
+    assert comparison.spec_key(rad) != comparison.spec_key(dataclasses.replace(rad, num_pieces=5))
+    with pytest.raises(ValueError, match="num_pieces must be a positive integer"):
+        RunSpec("grid", "rad", "nsf", num_pieces=0)
+
+
+def test_paired_differences_between_any_two_models():
+    rows, nll, _ = hand_made_rows()
+    rad = [{**row, "base": "rad", "nll": row["nll"] + 0.1 * (row["seed"] - 1)} for row in rows if row["base"] == "mog"]
+    (pair,) = paired_differences(rows + rad, base="mog", reference="rad")
+    assert pair["pairs"] == 3 and pair["mog_wins"] == 1  # only seed 2 has RAD above the MoG flow
+    assert pair["diff_mean"] == pytest.approx(0.0) and pair["diff_std"] == pytest.approx(0.1)
+    (default,) = paired_differences(rows + rad)  # still MoG - Gaussian
+    assert default["diff_mean"] == pytest.approx(statistics.fmean(m - g for m, g in zip(nll["mog"], nll["gaussian"])))
+    with pytest.raises(ValueError, match="reference must be one of"):
+        paired_differences(rows, reference="flow")

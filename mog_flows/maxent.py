@@ -356,6 +356,7 @@ def fit_maxent(
     temperature_schedule: tuple[float, float] | str | None = "auto",
     max_grad_norm: float | None = 5.0,
     checkpoint_dir: str | os.PathLike | None = None,
+    stop_early: bool = True,
 ) -> MaxEntResult:
     """Train `flow` in place to maximise its entropy subject to E[statistic(x)] = target; returns a `MaxEntResult`.
 
@@ -381,6 +382,8 @@ def fit_maxent(
             uses a "gumbel-*" estimator, none otherwise; None: leave τ alone. The run does not stop early before
             τ has reached its end, so that what was trained is what is delivered.
         max_grad_norm: clip the gradient norm (None: no clipping).
+        stop_early: stop after an epoch that passes the stopping test (False: always take all `steps`, e.g. to
+            compare runs at equal steps; the test is still recorded in `result.converged` and the history).
         checkpoint_dir: where `config.json` and `latest.pt` go; a directory holding `latest.pt` of a run with the
             same arguments is resumed from it, one of another run raises ValueError.
 
@@ -441,6 +444,7 @@ def fit_maxent(
             "eval_samples": eval_samples,
             "temperature_schedule": None if schedule is None else list(schedule),
             "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
+            "stop_early": bool(stop_early),
             "target": target.tolist(),
             "statistic": getattr(statistic, "__qualname__", type(statistic).__qualname__),
             "model": {
@@ -550,7 +554,7 @@ class _Run:
         )
         try:
             self.flow.train()
-            while self.step < self.steps and not self.converged:
+            while self.step < self.steps and not (self.converged and self.config["stop_early"]):
                 end = min(self.step + self.epoch_steps, self.steps)
                 while self.step < end:
                     entropy, violation = self._sgd_step()

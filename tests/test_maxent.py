@@ -401,3 +401,14 @@ def test_simplex_flow_is_a_normalised_density_on_the_simplex():
     torch.testing.assert_close(flow.log_prob(points), expected.to(DOUBLE))
     sample = flow.sample(500)
     assert (sample > 0).all() and (sample.sum(-1) < 1).all()
+
+
+@pytest.mark.parametrize("stop_early", [True, False])
+def test_stop_early_false_takes_every_step(stop_early):
+    torch.manual_seed(0)
+    flow = build_flow(1, base="gaussian", transform="maf", num_layers=1, hidden_features=8)  # N(0, 1) at the start
+    settings = dict(steps=60, epoch_steps=20, batch_size=256, test_batches=8, eval_samples=256, lr=1e-6, seed=0)
+    result = fit_maxent(flow, moments, torch.tensor([0.0, 1.0]), stop_early=stop_early, progress=False, **settings)
+    assert result.history.constraint_p_value[0] > 0.025  # the first epoch passes the stopping test
+    assert result.steps == (20 if stop_early else 60)
+    assert result.history.epochs == (1 if stop_early else 3)

@@ -67,6 +67,7 @@ __all__ = [
     "run_one",
     "spec_key",
     "run_comparison",
+    "run_study",
     "summarize",
     "paired_differences",
     "write_csv",
@@ -765,6 +766,29 @@ def _parser(default_out: Path) -> argparse.ArgumentParser:
     return parser
 
 
+def run_study(specs: Sequence[RunSpec], out: Path, name: str, *, workers: int = 1) -> tuple[list[dict[str, Any]], Path]:
+    """`run_comparison` for a study's command line: a progress line per finished run, rows cached in
+    `out/.NAME_cache/` so that the same command resumes an interrupted study. Returns the rows and the cache folder,
+    which the caller removes once every row is in its result files."""
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+
+    def report(done: int, total: int, row: dict[str, Any]) -> None:
+        status = row["error"].splitlines()[0] if row["error"] else f"NLL {row['nll']:.4f}, KL {row['kl']:.4f}"
+        model = row["base"] if row["base"] == "rad" else f"{row['transform']} {row['base']}"  # RAD: no transform
+        print(
+            f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {row['dataset']} {model} seed {row['seed']}: "
+            f"{status} ({row['parameters']} parameters, "
+            f"{row['seconds_per_step'] * 1000:.1f} ms/step)",
+            flush=True,
+        )
+
+    cache_dir = out / f".{name}_cache"
+    if any(cache_dir.glob("*.pt")):
+        print(f"resuming: runs already in {cache_dir} are not run again")
+    return run_comparison(specs, workers=workers, on_result=report, cache_dir=cache_dir), cache_dir
+
+
 def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = "experiments/results") -> list[dict]:
     """The comparison's command line; returns the rows."""
     args = _parser(Path(default_out)).parse_args(argv)
@@ -796,21 +820,8 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
         for seed in seeds
         for base in BASES
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-
-    def report(done: int, total: int, row: dict[str, Any]) -> None:
-        status = row["error"].splitlines()[0] if row["error"] else f"NLL {row['nll']:.4f}, KL {row['kl']:.4f}"
-        print(
-            f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {row['dataset']} {row['transform']} "
-            f"{row['base']} seed {row['seed']}: {status} ({row['seconds_per_step'] * 1000:.0f} ms/step)",
-            flush=True,
-        )
-
-    cache_dir = args.out / f".{name}_cache"
-    if any(cache_dir.glob("*.pt")):
-        print(f"resuming: runs already in {cache_dir} are not run again")
-    rows = run_comparison(specs, workers=args.workers, on_result=report, cache_dir=cache_dir)
+    rows, cache_dir = run_study(specs, args.out, name, workers=args.workers)
     write_csv(rows, args.out / f"{name}.csv")
     title = "Gaussian base vs mixture-of-Gaussians base" + (" (--quick)" if args.quick else "")
     text = write_markdown(rows, args.out / f"{name}.md", title=title)

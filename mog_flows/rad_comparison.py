@@ -38,7 +38,7 @@ from .comparison import (
     RunSpec,
     paired_differences,
     read_csv,
-    run_comparison,
+    run_study,
     save_densities,
     summarize,
     write_csv,
@@ -447,22 +447,9 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
         lr=args.lr,
         **sizes,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-
-    def report(done: int, total: int, row: dict[str, Any]) -> None:
-        status = row["error"].splitlines()[0] if row["error"] else f"NLL {row['nll']:.4f}, KL {row['kl']:.4f}"
-        print(
-            f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {row['dataset']} {row['base']} seed {row['seed']}"
-            f": {status} ({row['parameters']} parameters, {row['seconds_per_step'] * 1000:.1f} ms/step)",
-            flush=True,
-        )
-
-    cache_dir = args.out / f".{name}_cache"
-    if any(cache_dir.glob("*.pt")):
-        print(f"resuming: runs already in {cache_dir} are not run again")
+    rows, cache_dir = run_study(specs, args.out, name, workers=args.workers)
     threads = torch.get_num_threads()
-    rows = run_comparison(specs, workers=args.workers, on_result=report, cache_dir=cache_dir)
     torch.set_num_threads(1)  # the figure's true densities: as cheap on one thread
     try:
         write_csv(rows, args.out / f"{name}.csv", columns=CSV_COLUMNS_RAD)

@@ -75,6 +75,7 @@ __all__ = [
     "write_markdown",
     "plot_density_grid",
     "save_densities",
+    "save_row_arrays",
     "main",
 ]
 
@@ -724,16 +725,21 @@ def plot_density_grid(
     return True
 
 
-def save_densities(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """The recorded learned densities (R, R) as a compressed .npz, keyed "dataset/base/transform/seed"."""
+def save_row_arrays(rows: Sequence[dict[str, Any]], path: str | os.PathLike, field: str) -> None:
+    """The tensors the rows recorded under `field` as a compressed .npz, keyed "dataset/base/transform/seed"."""
     import numpy as np
 
     arrays = {
-        f"{row['dataset']}/{row['base']}/{row['transform']}/{row['seed']}": row["density"].numpy()
+        f"{row['dataset']}/{row['base']}/{row['transform']}/{row['seed']}": row[field].numpy()
         for row in rows
-        if "density" in row
+        if field in row
     }
     np.savez_compressed(path, **arrays)
+
+
+def save_densities(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """The recorded learned densities (R, R) as a compressed .npz, keyed "dataset/base/transform/seed"."""
+    save_row_arrays(rows, path, "density")
 
 
 # ---------------------------------------------------------------------------------------------------- command line

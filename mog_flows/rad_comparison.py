@@ -40,6 +40,7 @@ from .comparison import (
     read_csv,
     run_study,
     save_densities,
+    save_row_arrays,
     summarize,
     write_csv,
 )
@@ -317,14 +318,7 @@ def _paper_section(datasets: Sequence[str]) -> list[str]:
 
 def save_samples(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """The recorded model samples (S, D) as a compressed .npz, keyed "dataset/base/transform/seed"."""
-    import numpy as np
-
-    arrays = {
-        f"{row['dataset']}/{row['base']}/{row['transform']}/{row['seed']}": row["samples"].numpy()
-        for row in rows
-        if "samples" in row
-    }
-    np.savez_compressed(path, **arrays)
+    save_row_arrays(rows, path, "samples")
 
 
 def read_results(out: str | os.PathLike, name: str) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@ Shapes: N points, D features, K mixture components, M target modes, R grid resol
 
 One run (`RunSpec` -> `run_one`) draws train / validation / test sets from a target with `make_splits(seed)`,
 builds a flow with `build_flow` (torch seeded with `seed`), trains it with `fit` (Adam, cosine decay, the MoG base
-initialised by EM on the data pushed through the new, identity flow) and evaluates the parameters with the lowest
-validation NLL (checked every `checkpoint_every` steps) on the test set:
+initialised by EM on the data pushed through the new, identity flow, widened under affine flows) and evaluates
+the parameters with the lowest validation NLL (checked every `checkpoint_every` steps) on the test set:
 
     test NLL   = -(1/N) Σ_n log q(x_n)
     KL(p ‖ q) ≈ (1/N) Σ_n [log p(x_n) - log q(x_n)]     on the same test points x_n ~ p (targets with exact p)
@@ -14,7 +14,8 @@ plus mode coverage (targets with point modes) and the parameter count.
 
 Rules that hold for every target and transform:
 
-- K = max(M, `DEFAULT_COMPONENTS` = 8), M the number of point modes the target lists (`target.modes`).
+- K = max(M, `DEFAULT_COMPONENTS` = 8), M the number of point modes the target lists (`target.modes`);
+  K = `MODELESS_COMPONENTS` = 32 for targets without point modes (rings, spirals, digits).
 - Equal budgets: a diagonal MoG base adds K(1 + 2D) parameters, so the Gaussian-base flow gets the smallest
   width ≥ the MoG flow's `hidden_features` that gives it at least as many parameters as the MoG flow
   (`matched_hidden_features`). Any advantage of the mixture is then not bought with parameters.
@@ -35,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -48,17 +48,20 @@ from typing import Any
 
 import torch
 
+from . import training
 from .baselines import RAD
 from .checks import check_choice, check_positive_int
 from .datasets import DATASETS, Digits, Target, get_dataset, make_splits
 from .evaluation import evaluate
 from .flows import TRANSFORMS, build_flow
+from .study_runner import run_many
 from .training import TrainingDivergedError, fit, load_checkpoint
 
 __all__ = [
     "BASES",
     "MODELS",
     "DEFAULT_COMPONENTS",
+    "MODELESS_COMPONENTS",
     "RunSpec",
     "count_parameters",
     "default_num_components",
@@ -81,9 +84,10 @@ __all__ = [
 
 BASES = ("gaussian", "mog")
 MODELS = (*BASES, "rad")  # what RunSpec.base may name: a flow's base, or the RAD baseline
-_ROW_FORMAT = 2  # bump when run_one's rows change, so that cached rows are not reused
+_ROW_FORMAT = 3  # bump when run_one's rows change, so that cached rows are not reused
 NUM_SAMPLES_RECORDED = 2000  # model samples a row keeps for figures (with density_resolution, D = 2)
-DEFAULT_COMPONENTS = 8  # K for targets whose modes are not points (rings, spirals, digits)
+DEFAULT_COMPONENTS = 8  # the least K for targets with point modes
+MODELESS_COMPONENTS = 32  # K for targets whose modes are not points (rings, spirals, digits)
 METRICS = ("nll", "kl", "mode_coverage", "seconds_per_step")
 CSV_COLUMNS = (
     "dataset",
@@ -175,12 +179,19 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def default_num_components(target: Target) -> int:
-    """K = max(M, `DEFAULT_COMPONENTS`): M the number of point modes the target lists (25 for the grid), at least
-    8. Not K = M: where a "mode" is the centre of a curved piece (the two moons, the pinwheel's arms) a few
+    """K = max(M, `DEFAULT_COMPONENTS` = 8) for a target that lists M point modes (25 for the grid), and
+    `MODELESS_COMPONENTS` = 32 for one that lists none (rings, spirals, digits).
+
+    Not K = M: where a "mode" is the centre of a curved piece (the two moons, the pinwheel's arms) a few
     Gaussians per piece leave the flow less to bend (moons, NSF: validation NLL 2.91-2.93 with K = 8 against
-    3.04-3.05 with K = 2, two seeds)."""
+    3.04-3.05 with K = 2, two seeds). Where there are no point modes, many components lay the base along the
+    curves (validation NLL, seed 3, which the study does not report, K = 32 against K = 8: rings 2.71 / 2.86 /
+    2.90 against 2.72 / 3.38 / 3.46 for nsf / maf / realnvp, spirals 2.71 / 2.79 / 2.81 against 2.73 / 3.28 /
+    3.41, digits 54.2 / 56.5 / 58.6 against 55.0 / 57.5 / 59.9)."""
     modes = getattr(target, "modes", None)
-    return max(DEFAULT_COMPONENTS, 0 if modes is None else int(modes.shape[0]))
+    if modes is None:
+        return MODELESS_COMPONENTS
+    return max(DEFAULT_COMPONENTS, int(modes.shape[0]))
 
 
 def _flow_parameters(features: int, base: str, transform: str, num_layers: int, hidden: int, components: int) -> int:
@@ -318,6 +329,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     row.update(
         metrics,
         best_step=history.best_step,
+        val_nll=history.best_val_nll,
         train_seconds=seconds,
         seconds_per_step=history.wall_time / max(history.steps, 1),
     )
@@ -342,44 +354,18 @@ def _cost(spec: RunSpec) -> float:
     return spec.steps * (3.0 if spec.transform == "nsf" or spec.base == "rad" else 1.0) * (1 + features / 16)
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def _run_indexed(item: tuple[int, RunSpec]) -> tuple[int, dict[str, Any]]:
-    index, spec = item
-    return index, run_one(spec)
-
-
 def spec_key(spec: RunSpec) -> str:
     """A file-name-safe digest of every field of `spec`, with K resolved (`default_num_components` when None),
     and of the format of the rows; it names the spec's cached row. `num_pieces` counts only for RAD specs."""
     fields = dataclasses.asdict(spec)
     if spec.base != "rad":
         del fields["num_pieces"]
+    if spec.base == "mog":  # `fit` widens the initial MoG base of affine flows by it
+        fields["affine_init_scale_factor"] = training.AFFINE_FLOW_INIT_SCALE_FACTOR
     if fields["num_components"] is None:
         fields["num_components"] = default_num_components(get_dataset(spec.dataset))
     text = json.dumps({"row_format": _ROW_FORMAT, **fields}, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
-
-
-def _load_cached(cache_dir: Path | None, spec: RunSpec) -> dict[str, Any] | None:
-    path = None if cache_dir is None else cache_dir / f"{spec_key(spec)}.pt"
-    if path is None or not path.exists():
-        return None
-    try:
-        row = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a file cut short by a kill: run the spec again
-        return None
-    return row if isinstance(row, dict) and row.get("spec_key") == spec_key(spec) else None
-
-
-def _save_cached(cache_dir: Path, spec: RunSpec, row: dict[str, Any]) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{spec_key(spec)}.pt"
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save({**row, "spec_key": spec_key(spec)}, temporary)
-    os.replace(temporary, path)
 
 
 def run_comparison(
@@ -389,53 +375,12 @@ def run_comparison(
     on_result: Callable[[int, int, dict[str, Any]], None] | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """`run_one` for every spec; rows come back in the order of `specs`.
-
-    Every run uses one torch thread (these small networks only lose time to intra-op threads); with
-    `workers > 1` the runs go to a pool of `workers` spawned processes, longest first (with one worker they run
-    in the order of `specs`, so that an interrupted study has finished whole leading groups).
-    `on_result(done, total, row)` is called as each run finishes.
-
-    With `cache_dir`, each finished row is saved there at once (`<spec_key(spec)>.pt`), and specs whose row is
-    already there are not run again: a comparison that was killed resumes where it stopped."""
-    check_positive_int("workers", workers)
-    specs = list(specs)
-    cache = None if cache_dir is None else Path(cache_dir)
-    rows: list[dict[str, Any] | None] = [_load_cached(cache, spec) for spec in specs]
-    for row in rows:
-        if row is not None:
-            row.pop("spec_key")
-    pending = [i for i, row in enumerate(rows) if row is None]
-    if workers > 1:
-        pending.sort(key=lambda i: -_cost(specs[i]))
-    items = [(i, specs[i]) for i in pending]
-    already = len(specs) - len(items)
-    threads = torch.get_num_threads()
-    if workers == 1 or len(items) <= 1:
-        torch.set_num_threads(1)  # these small networks only lose time to intra-op threads
-        results: Iterable[tuple[int, dict[str, Any]]] = map(_run_indexed, items)
-        pool = None
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(items)), initializer=_init_worker)
-        results = pool.imap_unordered(_run_indexed, items)
-    finished = False
-    try:
-        for done, (index, row) in enumerate(results, start=already + 1):
-            rows[index] = row
-            if cache is not None:
-                _save_cached(cache, specs[index], row)
-            if on_result is not None:
-                on_result(done, len(specs), row)
-        finished = True
-    finally:
-        torch.set_num_threads(threads)
-        if pool is not None:
-            if finished:
-                pool.close()
-            else:  # an error or Ctrl-C: stop the remaining runs
-                pool.terminate()
-            pool.join()
-    return rows  # type: ignore[return-value]
+    """`run_one` for every spec, through `study_runner.run_many`: rows in the order of `specs`, one torch thread
+    per run, a pool of `workers` spawned processes (longest runs first) when `workers > 1`, `on_result(done, total,
+    row)` as each run finishes. With `cache_dir`, each finished row is saved there at once
+    (`<spec_key(spec)>.pt`) and specs whose row is already there are not run again: a comparison that was killed
+    resumes where it stopped."""
+    return run_many(specs, run_one, key=spec_key, workers=workers, on_result=on_result, cache_dir=cache_dir, cost=_cost)
 
 
 # ---------------------------------------------------------------------------------------------------- reductions
@@ -594,9 +539,11 @@ def write_markdown(
         "evaluated on the test set.",
         "",
         "- **MoG base**: diagonal mixture with K components, K = max(M, "
-        f"{DEFAULT_COMPONENTS}), M the number of point modes the target lists (none for rings, spirals, digits); "
-        "initialised by EM on the training data "
-        "pushed through the new (identity) flow; conditioner width as in *hidden* (G / M) below.",
+        f"{DEFAULT_COMPONENTS}), M the number of point modes the target lists, and K = {MODELESS_COMPONENTS} for "
+        "targets that list none (rings, spirals, digits); "
+        "initialised by EM on the training data pushed through the new (identity) flow, its scales then "
+        f"multiplied by {training.AFFINE_FLOW_INIT_SCALE_FACTOR:g} under maf and realnvp (`fit(init_base=True)`; "
+        "chosen on the validation NLL of a held-out seed); conditioner width as in *hidden* (G / M) below.",
         "- **Equal budgets**: the MoG base adds K(1 + 2D) parameters; the Gaussian-base flow gets the smallest "
         "conditioner width ≥ the MoG flow's whose parameter count is ≥ the MoG flow's (*params* G / M).",
         "- **NLL**: mean test negative log-likelihood in nats (lower is better). **KL** = KL(p‖q) ≈ mean over the "

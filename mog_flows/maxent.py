@@ -346,6 +346,7 @@ def fit_maxent(
     progress: bool = True,
     epoch_steps: int = 500,
     lr: float = 1e-3,
+    final_lr: float | None = None,
     penalty: float = 1.0,
     gamma: float = 0.25,
     beta: float = 4.0,
@@ -370,7 +371,10 @@ def fit_maxent(
         seed: seeds torch's RNG for the run (the caller's RNG state is restored afterwards).
         progress: show a tqdm bar (also hidden when stderr is not a terminal).
         epoch_steps: SGD steps per augmented-Lagrangian epoch (the authors' `max_iter`, 3000).
-        lr: Adam's learning rate (constant).
+        lr: Adam's learning rate (the first step's, with `final_lr`).
+        final_lr: None: a constant `lr`; a number in (0, lr]: cosine decay from `lr` at the first step to `final_lr`
+            at the last, so that the last epochs settle the flow at the current multipliers instead of leaving it
+            where the optimizer's noise put it (a departure from the authors' constant rate).
         penalty: the initial c (the authors use 0.05 with 3000-step epochs; 1 suits shorter epochs).
         gamma, beta, alpha, penalty_test: the schedule's γ, β, test level α, and the statistic of the test that
             decides c ("split" or the authors' "norm"; see `augmented_lagrangian_update`).
@@ -401,6 +405,7 @@ def fit_maxent(
         test_batches=test_batches,
         eval_samples=eval_samples,
         lr=lr,
+        final_lr=final_lr,
         penalty=penalty,
         gamma=gamma,
         beta=beta,
@@ -435,6 +440,7 @@ def fit_maxent(
             "seed": seed,
             "epoch_steps": epoch_steps,
             "lr": float(lr),
+            "final_lr": None if final_lr is None else float(final_lr),
             "penalty": float(penalty),
             "gamma": float(gamma),
             "beta": float(beta),
@@ -584,6 +590,7 @@ class _Run:
         if self.schedule is not None:
             self._set_temperature(self.step)
         batch, half = self.batch_size, self.batch_size // 2
+        self._set_learning_rate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         x, log_q = self.flow.sample_and_log_prob(batch)
         values = _apply_statistic(self.statistic, x, self.target)  # (B, m)
@@ -600,6 +607,15 @@ class _Run:
             self._diverged(f"the gradient norm is {grad_norm}")
         self.optimizer.step()
         return entropy.item(), residual.detach().norm().item()
+
+    def _set_learning_rate(self, step: int) -> None:
+        """A function of the step alone, so that a resumed run continues the same schedule."""
+        lr, final = self.config["lr"], self.config["final_lr"]
+        if final is not None:
+            progress = step / max(self.steps - 1, 1)
+            lr = final + (lr - final) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _end_epoch(self) -> None:
         bad = [name for name, p in self.flow.named_parameters() if not torch.isfinite(p).all()]
@@ -768,6 +784,11 @@ def _check_arguments(**arguments) -> None:
         value = arguments[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
             raise ValueError(f"{name} must be a finite number {text}; got {value!r}")
+    final_lr = arguments["final_lr"]
+    if final_lr is not None and (
+        isinstance(final_lr, bool) or not isinstance(final_lr, (int, float)) or not 0 < final_lr <= arguments["lr"]
+    ):
+        raise ValueError(f"final_lr must be None or a number in (0, lr = {arguments['lr']}]; got {final_lr!r}")
     max_grad_norm = arguments["max_grad_norm"]
     if max_grad_norm is not None and (
         isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0

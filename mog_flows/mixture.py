@@ -8,6 +8,8 @@ Shapes: N batch, K components, D features, C context features, M inner (nested) 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from nflows.distributions import Distribution
 from torch import Tensor, nn
@@ -332,12 +334,25 @@ class MixtureOfGaussians(Distribution):
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
     def initialize_from_data(
-        self, data: Tensor, *, method: str = "em", num_iterations: int = 20, seed: int | None = None
+        self,
+        data: Tensor,
+        *,
+        method: str = "em",
+        num_iterations: int = 20,
+        seed: int | None = None,
+        scale_factor: float = 1.0,
     ) -> None:
         """Fit the mixture to data (N, D) by k-means++ seeding followed by `num_iterations` of EM ("em") or
-        Lloyd's k-means ("kmeans"). A conditional base is initialised at the marginal fit (its output bias)."""
+        Lloyd's k-means ("kmeans"), then widen every component's scales by `scale_factor` (covariances by its
+        square; 1 keeps the fit). A conditional base is initialised at the marginal fit (its output bias).
+
+        An affine flow (MAF, RealNVP) trained from an exact fit starts near a stationary point of its likelihood and
+        barely moves; wider components leave it something to contract, which is why `fit(init_base=True)` uses
+        `scale_factor=training.AFFINE_FLOW_INIT_SCALE_FACTOR` under such flows."""
         from .initialization import fit_mixture
 
+        if not (isinstance(scale_factor, (int, float)) and math.isfinite(scale_factor) and scale_factor > 0):
+            raise ValueError(f"scale_factor must be a finite number > 0; got {scale_factor!r}")
         data = check_features("data", torch.as_tensor(data), self.features)
         weights, means, covariances = fit_mixture(
             data.to(torch.float64),
@@ -347,6 +362,7 @@ class MixtureOfGaussians(Distribution):
             num_iterations=num_iterations,
             seed=seed,
         )
+        covariances = covariances * float(scale_factor) ** 2
         if self.context_net is None:
             self.set_parameters(weights, means, covariances)
             return

@@ -94,6 +94,13 @@ QUICK = dict(
 
 
 # ---------------------------------------------------------------------------------------------------- the runs
+def rad_study_components(target) -> int:
+    """K of the study's MoG flows: max(M, `DEFAULT_COMPONENTS`), M the target's point modes (0 when it lists none).
+    The study was run with this rule, before `comparison.default_num_components` gave mode-less targets 32."""
+    modes = getattr(target, "modes", None)
+    return max(DEFAULT_COMPONENTS, 0 if modes is None else int(modes.shape[0]))
+
+
 def rad_specs(
     datasets: Sequence[str],
     seeds: Sequence[int],
@@ -130,7 +137,7 @@ def rad_specs(
             num_pieces=num_pieces,
             checkpoint_every=min(100, steps),
             density_resolution=density_resolution if seed == seeds[0] else None,
-            **spec_kwargs,
+            **{"num_components": rad_study_components(get_dataset(dataset)), **spec_kwargs},
         )
         for seed in seeds
         for dataset in datasets

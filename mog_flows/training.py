@@ -44,6 +44,12 @@ from typing import Any
 
 import torch
 from nflows.flows import Flow
+from nflows.transforms import (
+    AffineCouplingTransform,
+    MaskedAffineAutoregressiveTransform,
+    MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+)
+from nflows.transforms.coupling import PiecewiseCouplingTransform
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -54,6 +60,11 @@ __all__ = ["fit", "History", "TrainingDivergedError", "load_checkpoint", "CHECKP
 
 CHECKPOINT_FORMAT = "mog_flows.fit/1"
 _INIT_POINTS = 5000  # data points used to initialise a mixture base
+# `init_base` widens the scales of a mixture fitted under a flow of affine layers only (MAF, RealNVP) by this factor;
+# under spline flows and for a base trained alone it keeps the exact fit (`_init_scale_factor`).
+AFFINE_FLOW_INIT_SCALE_FACTOR = 2.0
+_AFFINE_LAYERS = (AffineCouplingTransform, MaskedAffineAutoregressiveTransform)
+_SPLINE_LAYERS = (PiecewiseCouplingTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform)
 _PROBE_ROWS = 8  # rows of data tried through model.log_prob before training
 # arguments that change the trajectory: a checkpoint resumes only a run with the same values
 _RESUME_KEYS = (
@@ -178,7 +189,9 @@ def fit(
         checkpoint_every: steps between checkpoints and validations.
         init_base: on a fresh start, when the base is a `MixtureOfGaussians` (the model itself, or a Flow's
             `_distribution`), fit it (k-means++ then EM, `initialize_from_data`) to up to 5000 data points pushed
-            through the flow's current transform.
+            through the flow's current transform. Under a flow of affine layers only (MAF, RealNVP) the fitted
+            scales are then doubled (`AFFINE_FLOW_INIT_SCALE_FACTOR`): from the exact fit such a flow barely moves
+            (measured: checkerboard validation NLL flat at 3.81 for 2000 steps, 3.65 from the widened start).
         progress: show a tqdm bar with the loss (also hidden when stderr is not a terminal).
         temperature_schedule: (start, end): anneal the Gumbel-softmax τ of every `MixtureOfGaussians` in the model
             geometrically from start (first step) to end (last step). Exact log-densities do not depend on τ; it
@@ -701,7 +714,18 @@ def _initialize_base(model: nn.Module, source: _Source, seed: int) -> None:
         with _eval_mode(model):
             embedded = model._embedding_net(context) if context is not None else None
             x = model._transform(x, context=embedded)[0]
-    base.initialize_from_data(x, seed=seed)
+    base.initialize_from_data(x, seed=seed, scale_factor=_init_scale_factor(model) if through_flow else 1.0)
+
+
+def _init_scale_factor(flow: Flow) -> float:
+    """`AFFINE_FLOW_INIT_SCALE_FACTOR` for a flow with affine coupling or autoregressive layers and no spline layer,
+    else 1. An exact fit of the base is a near-stationary point of an affine flow's likelihood (each component
+    already explains its data; a new flow is the identity), while a spline flow moves from it at once and loses
+    from a widened start (validation NLL on every 2-D target, held-out seed: README)."""
+    layers = list(flow._transform.modules())
+    affine = any(isinstance(layer, _AFFINE_LAYERS) for layer in layers)
+    spline = any(isinstance(layer, _SPLINE_LAYERS) for layer in layers)
+    return AFFINE_FLOW_INIT_SCALE_FACTOR if affine and not spline else 1.0
 
 
 @torch.no_grad()

@@ -92,12 +92,13 @@ def test_matched_hidden_features_is_the_smallest_width_at_or_over_the_budget(fea
     assert hidden > 8 and parameters("gaussian", hidden - 1) < budget
 
 
-def test_default_num_components_counts_point_modes_but_at_least_eight():
+def test_default_num_components_counts_point_modes_but_at_least_eight_and_32_without_point_modes():
     assert default_num_components(get_dataset("eight_gaussians")) == 8
     assert default_num_components(get_dataset("grid")) == 25
     assert default_num_components(get_dataset("gaussian_mixture")) == 10
     assert default_num_components(get_dataset("moons")) == 8  # two curved pieces: more Gaussians than pieces
-    assert default_num_components(get_dataset("rings")) == 8  # no point modes: the default
+    for name in ("rings", "spirals", "digits"):  # no point modes
+        assert default_num_components(get_dataset(name)) == 32
 
 
 def test_run_spec_refuses_bad_settings():

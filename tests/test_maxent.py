@@ -261,22 +261,21 @@ RESUMABLE = dict(steps=40, epoch_steps=10, batch_size=32, test_batches=2, eval_s
 FAR_TARGET = torch.tensor([3.0, 10.0])  # out of reach in 40 steps: no early stop
 
 
-@pytest.mark.parametrize("estimator", ["pathwise", "gumbel-nested"])
-def test_resume_after_an_interruption_gives_the_uninterrupted_result(estimator, tmp_path):
+@pytest.mark.parametrize(("estimator", "final_lr"), [("pathwise", None), ("gumbel-nested", None), ("exact", 1e-4)])
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(estimator, final_lr, tmp_path):
+    settings = {**RESUMABLE, "final_lr": final_lr}
     reference_flow = mixture_flow(estimator)
-    reference = fit_maxent(
-        reference_flow, InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "a", **RESUMABLE
-    )
+    reference = fit_maxent(reference_flow, InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "a", **settings)
     assert reference.history.epochs == 4
     flow = mixture_flow(estimator)
     # calls: 1 probe, 2 initial test batches, then per epoch 10 steps + 2 test batches (+ exact ones for Gumbel)
     with pytest.raises(KeyboardInterrupt) as interrupted:
-        fit_maxent(flow, InterruptingMoments(at=40), FAR_TARGET, checkpoint_dir=tmp_path / "b", **RESUMABLE)
+        fit_maxent(flow, InterruptingMoments(at=40), FAR_TARGET, checkpoint_dir=tmp_path / "b", **settings)
     assert any("resume" in note for note in getattr(interrupted.value, "__notes__", []))
     saved = torch.load(tmp_path / "b" / "latest.pt", weights_only=True)
     assert 0 < saved["step"] < 40 and saved["step"] % 10 == 0
     fresh = mixture_flow(estimator, seed=1)  # other initial parameters: everything must come from the checkpoint
-    resumed = fit_maxent(fresh, InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "b", **RESUMABLE)
+    resumed = fit_maxent(fresh, InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "b", **settings)
     assert resumed.entropy == reference.entropy
     assert torch.equal(resumed.violation, reference.violation)
     assert torch.equal(resumed.multipliers, reference.multipliers) and resumed.penalty == reference.penalty
@@ -287,7 +286,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(estimator, 
             assert torch.equal(fresh.state_dict()[name], value), name
     # a finished run resumes to the same result without training
     again = fit_maxent(
-        mixture_flow(estimator), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "b", **RESUMABLE
+        mixture_flow(estimator), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "b", **settings
     )
     assert again.entropy == reference.entropy
 
@@ -326,6 +325,8 @@ def conditional_flow():
         (moments, [0.0, 1.0], None, dict(beta=1.0), r"beta must be a finite number > 1"),
         (moments, [0.0, 1.0], None, dict(batch_size=1), r"batch_size must be at least 2"),
         (moments, [0.0, 1.0], None, dict(penalty_test="mean"), r"penalty_test must be one of"),
+        (moments, [0.0, 1.0], None, dict(lr=1e-3, final_lr=1e-2), r"final_lr must be None or a number in \(0, lr"),
+        (moments, [0.0, 1.0], None, dict(final_lr=0.0), r"final_lr must be None or a number in \(0, lr"),
     ],
 )
 def test_bad_input_is_refused(statistic, target, make_flow, kwargs, match):
@@ -412,3 +413,31 @@ def test_stop_early_false_takes_every_step(stop_early):
     assert result.history.constraint_p_value[0] > 0.025  # the first epoch passes the stopping test
     assert result.steps == (20 if stop_early else 60)
     assert result.history.epochs == (1 if stop_early else 3)
+
+
+class RecordingAdam(torch.optim.Adam):
+    """Adam that records the learning rate of every step."""
+
+    rates: list[float] = []
+
+    def step(self, closure=None):
+        RecordingAdam.rates.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("final_lr", [None, 1e-4])
+def test_learning_rate_is_constant_or_cosine_from_lr_to_final_lr(final_lr, monkeypatch):
+    import mog_flows.maxent as maxent_module
+
+    monkeypatch.setattr(maxent_module.torch.optim, "Adam", RecordingAdam)
+    RecordingAdam.rates = []
+    fit_maxent(mixture_flow(), moments, FAR_TARGET, steps=9, epoch_steps=3, batch_size=16, test_batches=2,
+               eval_samples=32, lr=1e-2, final_lr=final_lr, stop_early=False, progress=False)  # fmt: skip
+    rates = RecordingAdam.rates
+    assert len(rates) == 9
+    if final_lr is None:
+        assert rates == [1e-2] * 9
+    else:
+        expected = [1e-4 + (1e-2 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(9)]
+        assert rates == pytest.approx(expected, rel=1e-12)
+        assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-4)

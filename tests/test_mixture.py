@@ -235,6 +235,28 @@ def test_initialize_from_data_finds_the_modes(covariance):
     )
 
 
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_initialize_from_data_scale_factor_widens_every_component(covariance):
+    torch.manual_seed(7)
+    data = torch.randn(2000, 2, dtype=torch.float64) * torch.tensor([1.0, 3.0], dtype=torch.float64)
+    exact, wide = (MixtureOfGaussians(2, 3, covariance=covariance).double() for _ in range(2))
+    exact.initialize_from_data(data, seed=0)
+    wide.initialize_from_data(data, seed=0, scale_factor=2.0)
+    a, b = exact.mixture_parameters(), wide.mixture_parameters()
+    torch.testing.assert_close(b["weights"], a["weights"])
+    torch.testing.assert_close(b["means"], a["means"])
+    torch.testing.assert_close(b["covariances"], 4.0 * a["covariances"])
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0, float("nan"), float("inf"), "2"])
+def test_initialize_from_data_refuses_a_bad_scale_factor(factor):
+    base = MixtureOfGaussians(2, 3)
+    before = {k: v.clone() for k, v in base.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match="scale_factor must be a finite number > 0"):
+        base.initialize_from_data(torch.randn(100, 2), scale_factor=factor)
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
+
+
 def test_conditional_sample_shapes_and_initialisation():
     torch.manual_seed(8)
     base = MixtureOfGaussians(3, 4, context_features=2, covariance="full")

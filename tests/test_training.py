@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from mog_flows import MixtureOfGaussians, build_flow
-from mog_flows.training import History, TrainingDivergedError, fit, load_checkpoint
+from mog_flows.training import AFFINE_FLOW_INIT_SCALE_FACTOR, History, TrainingDivergedError, fit, load_checkpoint
 
 SMALL = dict(num_layers=2, hidden_features=16, num_components=3)
 MODES = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]])  # (K, D) well separated, scale 0.5
@@ -499,6 +499,26 @@ def test_init_base_fits_the_mixture_to_the_data_pushed_through_the_flow():
     assert distances.argmin(1).unique().numel() == 3
     weights = initialised._distribution.mixture_parameters()["weights"].detach()
     torch.testing.assert_close(weights, torch.full((3,), 1 / 3), atol=0.05, rtol=0)
+
+
+def initial_base(transform: str) -> dict:
+    """The mixture parameters `fit` starts a new flow of `transform` from (after one step of lr 1e-9)."""
+    torch.manual_seed(0)
+    flow = build_flow(2, transform=transform, num_layers=2, hidden_features=8, num_components=3)
+    fit(flow, data_tensor(3000), steps=1, lr=1e-9, progress=False)
+    return {k: v.detach() for k, v in flow._distribution.mixture_parameters().items()}
+
+
+@pytest.mark.parametrize("transform", ["maf", "realnvp"])
+def test_init_base_widens_the_fit_under_affine_flows_only(transform):
+    # a new flow is the identity whatever its transform, so the EM fit is the same; only affine flows widen it
+    spline, affine = initial_base("nsf"), initial_base(transform)
+    assert AFFINE_FLOW_INIT_SCALE_FACTOR == 2.0
+    torch.testing.assert_close(affine["weights"], spline["weights"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(affine["means"], spline["means"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(affine["covariances"], 4.0 * spline["covariances"], atol=0, rtol=1e-5)
+    # the spline flow's base is the exact fit of the three modes (variance 0.5²), not widened
+    torch.testing.assert_close(spline["covariances"], torch.full((3, 2), 0.25), atol=0.03, rtol=0)
 
 
 def test_init_base_on_a_mixture_alone_and_with_callable_data():

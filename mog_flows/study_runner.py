@@ -1,0 +1,112 @@
+"""Run many independent experiment specs: one torch thread per run, an optional process pool, and a cache of
+finished rows so that a killed study resumes where it stopped.
+
+A study supplies `run(spec) -> row` (a dict of plain values and tensors), `key(spec) -> str` (a file-name-safe
+digest of everything that defines the run, and of the format of its rows) and optionally `cost(spec)` (a rough
+relative cost: with a pool the longest runs start first). `run` and the specs must pickle when `workers > 1`
+(module-level functions, dataclasses), since the pool spawns fresh processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checks import check_positive_int
+
+__all__ = ["run_many"]
+
+Row = dict[str, Any]
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_indexed(item: tuple[int, Any, Callable[[Any], Row]]) -> tuple[int, Row]:
+    index, spec, run = item
+    return index, run(spec)
+
+
+def _load_cached(cache_dir: Path | None, key: str) -> Row | None:
+    path = None if cache_dir is None else cache_dir / f"{key}.pt"
+    if path is None or not path.exists():
+        return None
+    try:
+        row = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a file cut short by a kill: run the spec again
+        return None
+    if not (isinstance(row, dict) and row.get("spec_key") == key):
+        return None
+    row.pop("spec_key")
+    return row
+
+
+def _save_cached(cache_dir: Path, key: str, row: Row) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.pt"
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save({**row, "spec_key": key}, temporary)
+    os.replace(temporary, path)  # atomic: a kill leaves the old file or none, never half of one
+
+
+def run_many(
+    specs: Sequence[Any],
+    run: Callable[[Any], Row],
+    *,
+    key: Callable[[Any], str],
+    workers: int = 1,
+    on_result: Callable[[int, int, Row], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cost: Callable[[Any], float] | None = None,
+) -> list[Row]:
+    """`run(spec)` for every spec; rows come back in the order of `specs`.
+
+    Every run uses one torch thread (small networks only lose time to intra-op threads); with `workers > 1` the
+    runs go to a pool of `workers` spawned processes, the costliest first (with one worker they run in the order
+    of `specs`, so that an interrupted study has finished whole leading groups). `on_result(done, total, row)` is
+    called as each run finishes.
+
+    With `cache_dir`, each finished row is saved there at once (`<key(spec)>.pt`), and specs whose row is already
+    there are not run again."""
+    check_positive_int("workers", workers)
+    specs = list(specs)
+    cache = None if cache_dir is None else Path(cache_dir)
+    keys = [key(spec) for spec in specs]
+    rows: list[Row | None] = [_load_cached(cache, k) for k in keys]
+    pending = [i for i, row in enumerate(rows) if row is None]
+    if workers > 1 and cost is not None:
+        pending.sort(key=lambda i: -cost(specs[i]))
+    items = [(i, specs[i], run) for i in pending]
+    already = len(specs) - len(items)
+    threads = torch.get_num_threads()
+    if workers == 1 or len(items) <= 1:
+        torch.set_num_threads(1)
+        results: Iterable[tuple[int, Row]] = map(_run_indexed, items)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(items)), initializer=_init_worker)
+        results = pool.imap_unordered(_run_indexed, items)
+    finished = False
+    try:
+        for done, (index, row) in enumerate(results, start=already + 1):
+            rows[index] = row
+            if cache is not None:
+                _save_cached(cache, keys[index], row)
+            if on_result is not None:
+                on_result(done, len(specs), row)
+        finished = True
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            if finished:
+                pool.close()
+            else:  # an error or Ctrl-C: stop the remaining runs
+                pool.terminate()
+            pool.join()
+    return rows  # type: ignore[return-value]

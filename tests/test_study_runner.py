@@ -1,0 +1,57 @@
+"""Tests of `mog_flows.study_runner.run_many`: order, pooling, caching and resuming with any run function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mog_flows.study_runner import run_many
+
+
+def square(spec: int) -> dict:
+    """A run: its row records the spec and torch's thread count inside the run."""
+    return {"spec": spec, "square": torch.tensor(float(spec * spec)), "threads": torch.get_num_threads()}
+
+
+def key(spec: int) -> str:
+    return f"spec-{spec}"
+
+
+def failing(spec: int) -> dict:
+    if spec == 2:
+        raise RuntimeError("run 2 failed")
+    return square(spec)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rows_come_back_in_spec_order_with_one_thread_per_run(workers):
+    threads = torch.get_num_threads()
+    rows = run_many([3, 1, 2], square, key=key, workers=workers, cost=lambda spec: spec)
+    assert [row["spec"] for row in rows] == [3, 1, 2]
+    assert [row["square"].item() for row in rows] == [9.0, 1.0, 4.0]
+    assert all(row["threads"] == 1 for row in rows)
+    assert torch.get_num_threads() == threads
+
+
+def test_cached_rows_are_not_run_again_and_a_failed_study_resumes(tmp_path):
+    with pytest.raises(RuntimeError, match="run 2 failed"):
+        run_many([1, 2, 3], failing, key=key, cache_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["spec-1.pt"]  # finished before the failure
+    (tmp_path / "spec-9.pt").write_bytes(b"cut short")  # a file a kill left half-written is run again
+    done = []
+    rows = run_many([1, 2, 3, 9], square, key=key, cache_dir=tmp_path, on_result=lambda *a: done.append(a[:2]))
+    assert [row["spec"] for row in rows] == [1, 2, 3, 9]
+    assert done == [(2, 4), (3, 4), (4, 4)]  # run 1 came from the cache
+    assert "spec_key" not in rows[0]
+
+
+def test_a_row_cached_under_another_key_is_not_reused(tmp_path):
+    run_many([1], square, key=key, cache_dir=tmp_path)
+    (tmp_path / "spec-1.pt").rename(tmp_path / "spec-5.pt")
+    rows = run_many([5], square, key=key, cache_dir=tmp_path)
+    assert rows[0]["spec"] == 5
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers"):
+        run_many([1], square, key=key, workers=0)

@@ -54,6 +54,7 @@ from .checks import check_choice, check_positive_int
 from .datasets import DATASETS, Digits, Target, get_dataset, make_splits
 from .evaluation import evaluate
 from .flows import TRANSFORMS, build_flow
+from .mixture import INIT_RESTARTS
 from .study_runner import run_many
 from .training import TrainingDivergedError, fit, load_checkpoint
 
@@ -360,8 +361,9 @@ def spec_key(spec: RunSpec) -> str:
     fields = dataclasses.asdict(spec)
     if spec.base != "rad":
         del fields["num_pieces"]
-    if spec.base == "mog":  # `fit` widens the initial MoG base of affine flows by it
+    if spec.base == "mog":  # how `fit` initialises the MoG base
         fields["affine_init_scale_factor"] = training.AFFINE_FLOW_INIT_SCALE_FACTOR
+        fields["init_restarts"] = INIT_RESTARTS
     if fields["num_components"] is None:
         fields["num_components"] = default_num_components(get_dataset(spec.dataset))
     text = json.dumps({"row_format": _ROW_FORMAT, **fields}, sort_keys=True)

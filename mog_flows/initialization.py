@@ -5,10 +5,12 @@ Shapes: N points, K components, D features. Everything runs in the data's dtype 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from .checks import check_choice
+from .checks import check_choice, check_positive_int
 from .gaussian import GaussianComponents
 
 __all__ = ["kmeans_plus_plus", "fit_mixture"]
@@ -38,9 +40,13 @@ def fit_mixture(
     covariance: str = "diagonal",
     method: str = "em",
     num_iterations: int = 20,
+    num_restarts: int = 1,
     seed: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fit a K-component mixture to data (N, D): k-means++ seeding then `num_iterations` of EM or k-means.
+    """Fit a K-component mixture to data (N, D): k-means++ seeding then `num_iterations` of EM or k-means, from
+    `num_restarts` seedings; the fit with the highest log-likelihood of the data is kept (as scikit-learn's
+    `n_init`: one seeding can leave two components on one mode and none on another, a local optimum that a
+    flow trained from it does not leave).
 
     Returns weights (K,), means (K, D) and covariances (K, D) variances or (K, D, D), all positive / SPD:
     a small ridge (1e-4 of the data variance) keeps every component proper, and empty components get a tiny
@@ -48,29 +54,48 @@ def fit_mixture(
     """
     check_choice("method", method, ("em", "kmeans"))
     check_choice("covariance", covariance, ("diagonal", "full"))
+    check_positive_int("num_restarts", num_restarts)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=data.device).manual_seed(seed)
     if data.shape[0] > _MAX_POINTS:
         data = data[torch.randperm(data.shape[0], generator=generator, device=data.device)[:_MAX_POINTS]]
-    N, D = data.shape
-    K = num_components
+    N = data.shape[0]
     ridge = 1e-4 * data.var(0).mean().clamp(min=1e-12) if N > 1 else torch.tensor(1e-4, dtype=data.dtype)
-    means = kmeans_plus_plus(data, K, generator)
+    best, best_log_likelihood = None, -math.inf
+    for _ in range(num_restarts):
+        fitted = _fit_once(data, num_components, covariance, method, num_iterations, ridge, generator)
+        log_likelihood = _log_likelihood(data, *fitted, covariance)
+        if best is None or log_likelihood > best_log_likelihood:
+            best, best_log_likelihood = fitted, log_likelihood
+    return best
+
+
+def _fit_once(data, num_components, covariance, method, num_iterations, ridge, generator):
+    means = kmeans_plus_plus(data, num_components, generator)
     resp = _hard_assignment(data, means)
     for _ in range(num_iterations):
         weights, means, covariances = _maximisation(data, resp, covariance, ridge)
         if method == "kmeans":
             resp = _hard_assignment(data, means)
         else:
-            log_w = weights.log()
-            if covariance == "diagonal":
-                components = GaussianComponents(means, log_scale=0.5 * covariances.log())
-            else:
-                factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(covariances))).mT
-                components = GaussianComponents(means, factor=factor)
-            resp = torch.softmax(log_w + components.log_prob(data), dim=-1)
+            resp = torch.softmax(_joint_log_prob(data, weights, means, covariances, covariance), dim=-1)
     return _maximisation(data, resp, covariance, ridge)
+
+
+def _joint_log_prob(data: Tensor, weights: Tensor, means: Tensor, covariances: Tensor, covariance: str) -> Tensor:
+    """log w_k + log N(x_n; μ_k, Σ_k), (N, K)."""
+    if covariance == "diagonal":
+        components = GaussianComponents(means, log_scale=0.5 * covariances.log())
+    else:
+        factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(covariances))).mT
+        components = GaussianComponents(means, factor=factor)
+    return weights.log() + components.log_prob(data)
+
+
+def _log_likelihood(data, weights, means, covariances, covariance) -> float:
+    log_p = torch.logsumexp(_joint_log_prob(data, weights, means, covariances, covariance), dim=-1)
+    return log_p.mean().item() if torch.isfinite(log_p).all() else -math.inf
 
 
 def _hard_assignment(data: Tensor, means: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ __all__ = ["MixtureOfGaussians", "COVARIANCES", "ESTIMATORS"]
 
 COVARIANCES = ("diagonal", "full")
 ESTIMATORS = ("exact", "gumbel-nested", "gumbel-exact", "gumbel-joint", "pathwise")
+INIT_RESTARTS = 8  # k-means++ seedings `initialize_from_data` tries; the most likely EM fit is kept
 
 
 class MixtureOfGaussians(Distribution):
@@ -339,12 +340,14 @@ class MixtureOfGaussians(Distribution):
         *,
         method: str = "em",
         num_iterations: int = 20,
+        num_restarts: int = INIT_RESTARTS,
         seed: int | None = None,
         scale_factor: float = 1.0,
     ) -> None:
         """Fit the mixture to data (N, D) by k-means++ seeding followed by `num_iterations` of EM ("em") or
-        Lloyd's k-means ("kmeans"), then widen every component's scales by `scale_factor` (covariances by its
-        square; 1 keeps the fit). A conditional base is initialised at the marginal fit (its output bias).
+        Lloyd's k-means ("kmeans"), keeping the most likely of `num_restarts` seedings (`fit_mixture`), then
+        widen every component's scales by `scale_factor` (covariances by its square; 1 keeps the fit). A
+        conditional base is initialised at the marginal fit (its output bias).
 
         An affine flow (MAF, RealNVP) trained from an exact fit starts near a stationary point of its likelihood and
         barely moves; wider components leave it something to contract, which is why `fit(init_base=True)` uses
@@ -360,6 +363,7 @@ class MixtureOfGaussians(Distribution):
             covariance=self.covariance,
             method=method,
             num_iterations=num_iterations,
+            num_restarts=num_restarts,
             seed=seed,
         )
         covariances = covariances * float(scale_factor) ** 2

@@ -543,7 +543,8 @@ def write_markdown(
         "- **MoG base**: diagonal mixture with K components, K = max(M, "
         f"{DEFAULT_COMPONENTS}), M the number of point modes the target lists, and K = {MODELESS_COMPONENTS} for "
         "targets that list none (rings, spirals, digits); "
-        "initialised by EM on the training data pushed through the new (identity) flow, its scales then "
+        f"initialised by EM (the most likely of {INIT_RESTARTS} k-means++ seedings) on the training data pushed "
+        "through the new (identity) flow, its scales then "
         f"multiplied by {training.AFFINE_FLOW_INIT_SCALE_FACTOR:g} under maf and realnvp (`fit(init_base=True)`; "
         "chosen on the validation NLL of a held-out seed); conditioner width as in *hidden* (G / M) below.",
         "- **Equal budgets**: the MoG base adds K(1 + 2D) parameters; the Gaussian-base flow gets the smallest "

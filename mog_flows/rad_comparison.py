@@ -45,6 +45,7 @@ from .comparison import (
     write_csv,
 )
 from .datasets import DATASETS, get_dataset
+from .mixture import INIT_RESTARTS
 
 __all__ = [
     "MODELS",
@@ -215,8 +216,9 @@ def write_rad_markdown(
         f"validation NLL (checked every {first['checkpoint_every']} steps) are evaluated on the test set.",
         "",
         f"- **MoG**: NSF flow, {first['num_layers']} layers, conditioner width as in *hidden*, over a diagonal "
-        f"mixture of K = max(M, {DEFAULT_COMPONENTS}) Gaussians (M: the target's point modes), initialised by EM on "
-        "the training data pushed through the new (identity) flow. Its parameter count is the budget.",
+        f"mixture of K = max(M, {DEFAULT_COMPONENTS}) Gaussians (M: the target's point modes), initialised by EM "
+        f"(the most likely of {INIT_RESTARTS} k-means++ seedings) on the training data pushed through the new "
+        "(identity) flow. Its parameter count is the budget.",
         "- **Gaussian**: the same NSF flow over a standard normal, with the smallest width ≥ the MoG flow's whose "
         "parameter count is ≥ the budget.",
         f"- **RAD**: `RAD(2, num_pieces={first['num_pieces']}, num_layers={first['num_layers']}, "

@@ -11,6 +11,8 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from mog_flows import MixtureOfGaussians
+from mog_flows.datasets import get_dataset
+from mog_flows.initialization import _log_likelihood, fit_mixture
 from mog_flows.mixture import ESTIMATORS
 
 COVARIANCES = ("diagonal", "full")
@@ -237,10 +239,6 @@ def test_initialize_from_data_finds_the_modes(covariance):
 
 @pytest.mark.parametrize("covariance", COVARIANCES)
 def test_fit_mixture_keeps_the_most_likely_of_its_restarts(covariance):
-    from mog_flows.initialization import _log_likelihood, fit_mixture
-
-    from mog_flows.datasets import get_dataset
-
     # eight uniform squares: single k-means++ seedings end in different EM optima
     data = get_dataset("checkerboard").sample(3000, seed=0).double()
     settings = dict(covariance=covariance, num_iterations=10)

@@ -5,7 +5,7 @@ Shapes: N points, D = 2 features, K mixture components, R grid resolution, S rec
 Three models per target and seed, each one `comparison.RunSpec` (so the same data splits, `fit` settings, steps,
 evaluation and resumable cache as the base comparison):
 
-- "mog": an NSF flow over a diagonal mixture-of-Gaussians base (K = `comparison.default_num_components`), width
+- "mog": an NSF flow over a diagonal mixture-of-Gaussians base (K = `rad_study_components`), width
   `hidden_features`: the budget;
 - "gaussian": the same flow over a standard normal base, widened to at least that budget
   (`comparison.matched_hidden_features`);
@@ -34,7 +34,6 @@ import torch
 from .checks import check_positive_int
 from .comparison import (
     CSV_COLUMNS,
-    DEFAULT_COMPONENTS,
     RunSpec,
     paired_differences,
     read_csv,
@@ -64,6 +63,7 @@ MODELS = ("gaussian", "mog", "rad")  # the columns of every table, in this order
 MODEL_LABELS = {"gaussian": "Gaussian-base NSF", "mog": "MoG-base NSF", "rad": "RAD"}
 ZOO = ("eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", "spirals")  # the 2-D targets
 TRANSFORM = "nsf"  # the flows' transform (the library's best in the base comparison)
+RAD_STUDY_MIN_COMPONENTS = 8  # the least K of the study's MoG flows (`rad_study_components`)
 
 # The 2-D problems of Dinh et al. (2019), as this study recalls them (the stored copies of the paper reachable here
 # hold only its abstract and introduction, so the list could not be checked against its text): zoo target -> the
@@ -96,10 +96,10 @@ QUICK = dict(
 
 # ---------------------------------------------------------------------------------------------------- the runs
 def rad_study_components(target) -> int:
-    """K of the study's MoG flows: max(M, `DEFAULT_COMPONENTS`), M the target's point modes (0 when it lists none).
-    The study was run with this rule, before `comparison.default_num_components` gave mode-less targets 32."""
+    """K of the study's MoG flows: max(M, `RAD_STUDY_MIN_COMPONENTS` = 8), M the target's point modes (0 when it
+    lists none). The study was run with this rule, before `comparison.default_num_components` rose to max(M, 32)."""
     modes = getattr(target, "modes", None)
-    return max(DEFAULT_COMPONENTS, 0 if modes is None else int(modes.shape[0]))
+    return max(RAD_STUDY_MIN_COMPONENTS, 0 if modes is None else int(modes.shape[0]))
 
 
 def rad_specs(
@@ -216,7 +216,7 @@ def write_rad_markdown(
         f"validation NLL (checked every {first['checkpoint_every']} steps) are evaluated on the test set.",
         "",
         f"- **MoG**: NSF flow, {first['num_layers']} layers, conditioner width as in *hidden*, over a diagonal "
-        f"mixture of K = max(M, {DEFAULT_COMPONENTS}) Gaussians (M: the target's point modes), initialised by EM "
+        f"mixture of K = max(M, {RAD_STUDY_MIN_COMPONENTS}) Gaussians (M: the target's point modes), initialised by EM "
         f"(the most likely of {INIT_RESTARTS} k-means++ seedings) on the training data pushed through the new "
         "(identity) flow. Its parameter count is the budget.",
         "- **Gaussian**: the same NSF flow over a standard normal, with the smallest width ≥ the MoG flow's whose "

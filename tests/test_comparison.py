@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_run_one_returns_finite_metrics_and_matched_budgets(base):
     row = run_one(RunSpec("eight_gaussians", base, "nsf", density_resolution=12, **TINY))
     for key in ("nll", "nll_per_dim", "kl", "mode_coverage", "seconds_per_step", "train_seconds"):
         assert math.isfinite(row[key]), key
-    assert row["error"] == "" and row["num_components"] == 8 and row["features"] == 2
+    assert row["error"] == "" and row["num_components"] == 32 and row["features"] == 2
     assert row["parameters"] >= row["mog_parameters"]
     assert (row["parameters"] == row["mog_parameters"]) == (base == "mog")
     assert row["hidden_features"] >= 8 and (row["hidden_features"] == 8) == (base == "mog")
@@ -71,7 +72,7 @@ def test_run_comparison_resumes_from_its_cache(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.pt"))) == 2
     assert comparison.spec_key(specs[0]) != comparison.spec_key(dataclasses.replace(specs[0], seed=1))
     # K is part of the key once resolved: the default and the same K given explicitly name the same run
-    assert comparison.spec_key(specs[0]) == comparison.spec_key(dataclasses.replace(specs[0], num_components=8))
+    assert comparison.spec_key(specs[0]) == comparison.spec_key(dataclasses.replace(specs[0], num_components=32))
 
 
 @pytest.mark.parametrize(("features", "transform", "components"), [(2, "nsf", 8), (2, "realnvp", 25), (10, "maf", 10)])
@@ -92,13 +93,13 @@ def test_matched_hidden_features_is_the_smallest_width_at_or_over_the_budget(fea
     assert hidden > 8 and parameters("gaussian", hidden - 1) < budget
 
 
-def test_default_num_components_counts_point_modes_but_at_least_eight_and_32_without_point_modes():
-    assert default_num_components(get_dataset("eight_gaussians")) == 8
-    assert default_num_components(get_dataset("grid")) == 25
-    assert default_num_components(get_dataset("gaussian_mixture")) == 10
-    assert default_num_components(get_dataset("moons")) == 8  # two curved pieces: more Gaussians than pieces
+def test_default_num_components_is_32_or_the_number_of_point_modes_when_larger():
+    for name in ("eight_gaussians", "grid", "moons", "gaussian_mixture"):  # 8, 25, 2, 10 point modes
+        assert default_num_components(get_dataset(name)) == 32
     for name in ("rings", "spirals", "digits"):  # no point modes
         assert default_num_components(get_dataset(name)) == 32
+    assert default_num_components(SimpleNamespace(modes=torch.zeros(40, 2))) == 40
+    assert default_num_components(SimpleNamespace(modes=None)) == 32
 
 
 def test_run_spec_refuses_bad_settings():
@@ -198,7 +199,7 @@ def test_script_smoke_writes_table_csv_and_figure(tmp_path):
     assert {(r["base"], r["transform"]) for r in rows} == {(b, t) for b in ("gaussian", "mog") for t in ("nsf", "maf")}
     assert all(math.isfinite(float(r["nll"])) for r in rows)
     assert all(int(r["parameters"]) >= int(r["mog_parameters"]) for r in rows)
-    assert "| eight_gaussians | 2 | 8 | nsf |" in (tmp_path / "compare_bases.md").read_text()
+    assert "| eight_gaussians | 2 | 32 | nsf |" in (tmp_path / "compare_bases.md").read_text()
     assert (tmp_path / "compare_bases.png").stat().st_size > 5_000
     assert (tmp_path / "compare_bases_densities.npz").exists()
 

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from mog_flows.maxent_study import _largest_orthant_mass
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +60,12 @@ def test_maxent_experiment_runs_with_smoke_settings(tmp_path):
     second = list(csv.DictReader(open(tmp_path / "maxent_estimators.csv")))
     for name in ("label", "seed", "kl", "entropy", "entropy_bias", "violation", "grad_var_init"):
         assert [row[name] for row in second] == [row[name] for row in first], name
+
+
+def test_largest_orthant_mass_counts_sign_patterns():
+    class Points:  # "samples" cycling through 3 points in the (+, +) orthant and 1 in (-, +)
+        def sample(self, n):
+            pattern = torch.tensor([[1.0, 2.0], [0.5, 0.1], [3.0, 1.0], [-1.0, 1.0]])
+            return pattern.repeat(n // 4 + 1, 1)[:n]
+
+    assert _largest_orthant_mass(Points(), 400, chunk=64) == 0.75

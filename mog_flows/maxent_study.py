@@ -247,6 +247,7 @@ def _largest_orthant_mass(flow, num_samples: int, chunk: int = 8192) -> float:
     return counts.max().item() / num_samples
 
 
+@torch.no_grad()
 def _exact_check(flow, problem, num_samples: int, chunk: int = 8192):
     log_q, log_p = [], []
     for start in range(0, num_samples, chunk):

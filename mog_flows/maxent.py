@@ -23,10 +23,11 @@ E[R̂₁ᵀR̂₂] = ‖R‖² and the term's gradient is unbiased for that of (
 After each epoch, from E fresh test batches of B samples of the training-time sampler (`augmented_lagrangian_update`):
 
     λ ← λ + c R̂        R̂ pooled over the E·B samples;
-    c ← β c            when ‖R‖ did not fall below γ times its value after the previous epoch (the first epoch
+    c ← min(β c, c_max) when ‖R‖ did not fall below γ times its value after the previous epoch (the first epoch
                        compares with the initial model): a one-sided Welch test at level α rejects
                        E[s] ≤ γ² E[s_prev], s_e = R̂_{e,1}ᵀR̂_{e,2} the unbiased split-half estimate of ‖R‖² from
-                       test batch e (the authors test E‖R̂_e‖ ≤ γ E‖R̂_e,prev‖, `penalty_test="norm"`);
+                       test batch e (the authors test E‖R̂_e‖ ≤ γ E‖R̂_e,prev‖, `penalty_test="norm"`); c_max
+                       (`max_penalty`) is ∞ unless given;
     stop               when each constraint passes its two-sided t-test of E[T_j] = t_j at level α/m (Bonferroni),
                        with τ at the end of its annealing schedule.
 
@@ -151,12 +152,13 @@ class LagrangianUpdate:
 
     Attributes:
         multipliers: λ + c R̂, shape (m,).
-        penalty: β c if `increased`, else c.
+        penalty: min(β c, max_penalty) if `increased`, else c.
         statistics: the per-batch s_e (E,) of the penalty test, the reference of the next epoch's test.
         violation: R̂ pooled over all test samples, shape (m,).
         welch_p_value: p of the one-sided Welch test that ‖R‖ fell below γ times its previous value.
         constraint_p_values: two-sided t-test p-values of E[T_j] = t_j, shape (m,).
-        increased: whether c was multiplied by β (exactly when welch_p_value < α).
+        increased: whether the test asked for a larger c (exactly when welch_p_value < α; c stays at max_penalty
+            once there).
         converged: whether every constraint passed its test at level α/m (all constraint_p_values > α/m).
     """
 
@@ -190,6 +192,7 @@ def augmented_lagrangian_update(
     beta: float = 4.0,
     alpha: float = 0.05,
     penalty_test: str = "split",
+    max_penalty: float | None = None,
 ) -> LagrangianUpdate:
     """One update of the augmented-Lagrangian parameters after an epoch (MEFN Algorithm 1, lines 7-10).
 
@@ -200,6 +203,10 @@ def augmented_lagrangian_update(
         previous_statistics: the s_e (E',) of the previous epoch's test batches (or of the initial model's), as
             returned in `LagrangianUpdate.statistics`.
         gamma, beta: c ← β c when ‖R‖ did not fall below γ times its previous value.
+        max_penalty: None, or the largest c (c ← min(β c, max_penalty)). Why a cap: λ ← λ + c R̂ carries c times
+            the noise of R̂, and the test keeps asking for a larger c once ‖R‖ is at the noise of its estimate, so
+            that over a long run c grows without bound until the noisy multipliers wreck the flow (the authors' TF
+            notebook carries a commented-out cap for this).
         alpha: level of the Welch test and (Bonferroni-corrected, α/m) of the stopping test.
         penalty_test: "split": s_e = R̂_{e,1}ᵀR̂_{e,2} over the two halves of test batch e, unbiased for ‖R‖², and
             the test of E[s] ≤ γ² E[s_prev]; "norm" (the authors'): s_e = ‖R̂_e‖ and the test of E[s] ≤ γ E[s_prev].
@@ -228,6 +235,8 @@ def augmented_lagrangian_update(
             f"previous_statistics must have shape (E',) with E' ≥ 2; got {tuple(previous_statistics.shape)}"
         )
     check_choice("penalty_test", penalty_test, PENALTY_TESTS)
+    if max_penalty is not None and not max_penalty >= penalty:
+        raise ValueError(f"max_penalty must be None or ≥ the current penalty {penalty}; got {max_penalty!r}")
     residuals = residuals.detach().to(torch.float64)
     num_constraints = residuals.shape[-1]
     statistics = penalty_statistics(residuals, penalty_test)
@@ -239,7 +248,7 @@ def augmented_lagrangian_update(
     new_multipliers = multipliers + (penalty * violation).to(multipliers)
     return LagrangianUpdate(
         multipliers=new_multipliers,
-        penalty=penalty * beta if increased else penalty,
+        penalty=min(penalty * beta, math.inf if max_penalty is None else max_penalty) if increased else penalty,
         statistics=statistics,
         violation=violation,
         welch_p_value=welch_p,
@@ -348,6 +357,7 @@ def fit_maxent(
     lr: float = 1e-3,
     final_lr: float | None = None,
     penalty: float = 1.0,
+    max_penalty: float | None = None,
     gamma: float = 0.25,
     beta: float = 4.0,
     alpha: float = 0.05,
@@ -376,6 +386,8 @@ def fit_maxent(
             at the last, so that the last epochs settle the flow at the current multipliers instead of leaving it
             where the optimizer's noise put it (a departure from the authors' constant rate).
         penalty: the initial c (the authors use 0.05 with 3000-step epochs; 1 suits shorter epochs).
+        max_penalty: None (no cap, as in the paper), or the largest c the schedule may reach (≥ penalty); long runs
+            need one (see `augmented_lagrangian_update`).
         gamma, beta, alpha, penalty_test: the schedule's γ, β, test level α, and the statistic of the test that
             decides c ("split" or the authors' "norm"; see `augmented_lagrangian_update`).
         test_batches: E ≥ 2 batches of B fresh samples after each epoch, for the λ update and the two tests (the
@@ -407,6 +419,7 @@ def fit_maxent(
         lr=lr,
         final_lr=final_lr,
         penalty=penalty,
+        max_penalty=max_penalty,
         gamma=gamma,
         beta=beta,
         alpha=alpha,
@@ -442,6 +455,7 @@ def fit_maxent(
             "lr": float(lr),
             "final_lr": None if final_lr is None else float(final_lr),
             "penalty": float(penalty),
+            "max_penalty": None if max_penalty is None else float(max_penalty),
             "gamma": float(gamma),
             "beta": float(beta),
             "alpha": float(alpha),
@@ -637,6 +651,7 @@ class _Run:
             beta=self.config["beta"],
             alpha=self.config["alpha"],
             penalty_test=self.config["penalty_test"],
+            max_penalty=self.config["max_penalty"],
         )
         history = self.history
         history.steps.append(self.step)
@@ -789,6 +804,15 @@ def _check_arguments(**arguments) -> None:
         isinstance(final_lr, bool) or not isinstance(final_lr, (int, float)) or not 0 < final_lr <= arguments["lr"]
     ):
         raise ValueError(f"final_lr must be None or a number in (0, lr = {arguments['lr']}]; got {final_lr!r}")
+    max_penalty = arguments["max_penalty"]
+    if max_penalty is not None and (
+        isinstance(max_penalty, bool)
+        or not isinstance(max_penalty, (int, float))
+        or not arguments["penalty"] <= max_penalty < math.inf
+    ):
+        raise ValueError(
+            f"max_penalty must be None or a finite number ≥ penalty = {arguments['penalty']}; got {max_penalty!r}"
+        )
     max_grad_norm = arguments["max_grad_norm"]
     if max_grad_norm is not None and (
         isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0

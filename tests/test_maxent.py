@@ -297,6 +297,40 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         fit_maxent(mixture_flow(), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path, lr=0.5, **RESUMABLE)
 
 
+@pytest.mark.parametrize(("penalty", "max_penalty", "expected"), [(1.0, 3.0, 3.0), (1.0, 8.0, 4.0), (3.0, 3.0, 3.0)])
+def test_max_penalty_caps_the_growth_of_c(penalty, max_penalty, expected):
+    previous = penalty_statistics(residual_batches([1.0, 1.0], seed=1), "split")
+    residuals = residual_batches([1.0, 1.0], seed=2, batch_size=256)  # no progress: c must grow
+    update = augmented_lagrangian_update(
+        residuals, torch.zeros(2, dtype=DOUBLE), penalty, previous, max_penalty=max_penalty
+    )
+    assert update.increased
+    assert update.penalty == expected
+    # λ moves with the c of the epoch, not the capped next one
+    torch.testing.assert_close(update.multipliers, penalty * residuals.mean((0, 1)), rtol=0, atol=1e-15)
+
+
+def test_max_penalty_below_the_current_penalty_is_refused():
+    previous = penalty_statistics(residual_batches([1.0, 1.0], seed=1), "split")
+    with pytest.raises(ValueError, match=r"max_penalty must be None or ≥ the current penalty 2.0; got 1.0"):
+        augmented_lagrangian_update(
+            residual_batches([1.0, 1.0]), torch.zeros(2, dtype=DOUBLE), 2.0, previous, max_penalty=1.0
+        )
+
+
+def test_fit_maxent_never_lets_c_pass_max_penalty():
+    torch.manual_seed(0)
+    flow = build_flow(1, base="gaussian", transform="maf", num_layers=1, hidden_features=8)
+    # an unreachable target (E[x] = 5 with E[x²] = 1) keeps ‖R‖ from falling: the schedule asks for a larger c
+    # after every epoch
+    result = fit_maxent(
+        flow, moments, [5.0, 1.0], steps=40, epoch_steps=5, batch_size=32, test_batches=4, penalty=1.0, beta=2.0,
+        max_penalty=4.0, seed=0, progress=False, stop_early=False,
+    )  # fmt: skip
+    assert max(result.history.penalty) == 4.0
+    assert result.penalty == 4.0
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def conditional_flow():
     return build_flow(1, base="mog", transform="maf", num_layers=1, hidden_features=8, context_features=2)
@@ -327,6 +361,14 @@ def conditional_flow():
         (moments, [0.0, 1.0], None, dict(penalty_test="mean"), r"penalty_test must be one of"),
         (moments, [0.0, 1.0], None, dict(lr=1e-3, final_lr=1e-2), r"final_lr must be None or a number in \(0, lr"),
         (moments, [0.0, 1.0], None, dict(final_lr=0.0), r"final_lr must be None or a number in \(0, lr"),
+        (
+            moments,
+            [0.0, 1.0],
+            None,
+            dict(penalty=2.0, max_penalty=1.0),
+            r"max_penalty must be None or a finite number ≥ penalty = 2.0; got 1.0",
+        ),
+        (moments, [0.0, 1.0], None, dict(max_penalty=math.inf), r"max_penalty must be None or a finite number"),
     ],
 )
 def test_bad_input_is_refused(statistic, target, make_flow, kwargs, match):

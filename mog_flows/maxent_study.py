@@ -64,9 +64,19 @@ SCHEDULE = {
 # with 32.
 COMPONENTS = {"dirichlet": 8, "bimodal-1d": 4, "bimodal-2d": 32, "estimators": 4}
 
+# Steps, flow layers and the cap on c (fit_maxent's max_penalty) of the full study, per problem. bimodal-2d needs
+# longer runs of a deeper flow; held-out seeds 3 / 4 / 5 (development probes), K = 32: KL 0.059 / 0.181 / 0.100 with
+# 2 layers and 4000 steps, 0.020 / 0.058 / 0.035 with 8000 steps, 0.023 / 0.043 / 0.009 with 4 layers and 8000 steps,
+# 0.012 / 0.059 / 0.006 with 2 layers, 16000 steps and c ≤ 16, 0.010 / 0.011 / 0.008 with 4 layers, 16000 steps and
+# c ≤ 16. Without a cap, c kept doubling in runs this long (to 4096 by 16000 steps) and the entropy collapsed (KL
+# 1.2-3.7).
+STEPS = {"dirichlet": 5000, "bimodal-1d": 4000, "bimodal-2d": 16000, "estimators": 1000}
+LAYERS = {"dirichlet": 2, "bimodal-1d": 2, "bimodal-2d": 4, "estimators": 2}
+MAX_PENALTY = {"bimodal-2d": 16.0}
+
 SETTINGS = {
     "full": dict(
-        steps={"dirichlet": 5000, "bimodal": 4000, "estimators": 1000},
+        steps=STEPS,
         epoch_steps=200,
         batch_size=256,
         test_batches=64,
@@ -77,13 +87,14 @@ SETTINGS = {
         final_lr=1e-4,
         mmd_samples=1000,
         permutations=200,
-        layers=2,
+        layers=LAYERS,
+        max_penalty=MAX_PENALTY,
         hidden=32,
         components=COMPONENTS,
         inner=(64, 256, 1024),
     ),
     "quick": dict(
-        steps={"dirichlet": 1500, "bimodal": 1000, "estimators": 300},
+        steps={"dirichlet": 1500, "bimodal-1d": 1000, "bimodal-2d": 1000, "estimators": 300},
         epoch_steps=100,
         batch_size=256,
         test_batches=16,
@@ -94,13 +105,13 @@ SETTINGS = {
         final_lr=1e-4,
         mmd_samples=500,
         permutations=100,
-        layers=2,
+        layers={"dirichlet": 2, "bimodal-1d": 2, "bimodal-2d": 2, "estimators": 2},
         hidden=32,
         components=COMPONENTS,
         inner=(64, 256, 1024),
     ),
     "smoke": dict(
-        steps={"dirichlet": 6, "bimodal": 6, "estimators": 4},
+        steps={"dirichlet": 6, "bimodal-1d": 6, "bimodal-2d": 6, "estimators": 4},
         epoch_steps=3,
         batch_size=16,
         test_batches=2,
@@ -111,7 +122,7 @@ SETTINGS = {
         final_lr=1e-3,
         mmd_samples=40,
         permutations=20,
-        layers=1,
+        layers={"dirichlet": 1, "bimodal-1d": 1, "bimodal-2d": 1, "estimators": 1},
         hidden=8,
         components={"dirichlet": 2, "bimodal-1d": 2, "bimodal-2d": 2, "estimators": 2},
         inner=(8,),
@@ -146,6 +157,7 @@ class Spec:
     beta: float
     mmd_samples: int
     permutations: int
+    max_penalty: float | None = None  # fit_maxent's cap on c (None: no cap)
 
     @property
     def label(self) -> str:
@@ -282,6 +294,7 @@ def run_one(spec: Spec) -> dict:
         penalty=spec.penalty,
         gamma=spec.gamma,
         beta=spec.beta,
+        max_penalty=spec.max_penalty,
         seed=spec.seed,
         progress=False,
         stop_early=False,  # equal steps for every run
@@ -342,14 +355,14 @@ def _cost(spec: Spec) -> float:
 # ----------------------------------------------------------------------------------------------- the studies
 def make_specs(mode: str, seeds: int | None = None) -> list[Spec]:
     s = SETTINGS[mode]
-    shared = {k: s[k] for k in ("epoch_steps", "batch_size", "test_batches", "layers", "hidden")}
+    shared = {k: s[k] for k in ("epoch_steps", "batch_size", "test_batches", "hidden")}
     shared |= {k: s[k] for k in ("gradient_repeats", "lr", "final_lr", "mmd_samples", "permutations")}
     specs = []
 
     def add(study, problem, base, estimator="-", inner=0, tau="-"):
         for seed in range(s["seeds"][study] if seeds is None else seeds):
-            steps, evaluation = s["steps"][study], s["eval_samples"][study]
-            components = s["components"]["estimators" if study == "estimators" else problem]
+            run = "estimators" if study == "estimators" else problem  # the key of the per-problem settings
+            evaluation = s["eval_samples"][study]
             specs.append(
                 Spec(
                     study,
@@ -359,9 +372,11 @@ def make_specs(mode: str, seeds: int | None = None) -> list[Spec]:
                     inner,
                     tau,
                     seed,
-                    steps,
+                    s["steps"][run],
                     eval_samples=evaluation,
-                    components=components,
+                    layers=s["layers"][run],
+                    components=s["components"][run],
+                    max_penalty=s.get("max_penalty", {}).get(run),
                     **SCHEDULE[study],
                     **shared,
                 )
@@ -405,6 +420,7 @@ def summarize(rows: list[dict], keys=("problem", "label")) -> list[dict]:
         )
         entry["num_inner"], entry["parameters"] = members[0]["num_inner"], members[0]["parameters"]
         entry["components"] = members[0]["components"]
+        entry["layers"] = members[0]["layers"]
         entry["true_entropy"] = members[0]["true_entropy"]
         for name in (
             "kl", "entropy", "entropy_gap", "max_violation", "entropy_bias", "grad_var_init", "grad_var_final",
@@ -487,13 +503,14 @@ def markdown_tables(summaries: dict[str, list[dict]]) -> dict[str, str]:
         tables["dirichlet"] = f"Dirichlet(1, 2, 3), true entropy H(p) = {true:.4f} nats.\n\n" + "\n".join(lines)
     if summaries.get("bimodal"):
         lines = [
-            "| problem | base | K | parameters | H(p) | H(q) | KL(q‖p) | max abs violation "
+            "| problem | base | K | flow layers | parameters | H(p) | H(q) | KL(q‖p) | max abs violation "
             "| largest orthant mass (answer) | steps |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in summaries["bimodal"]:
             lines.append(
-                f"| {e['problem']} | {e['label']} | {_components(e)} | {e['parameters']} | {e['true_entropy']:.4f} "
+                f"| {e['problem']} | {e['label']} | {_components(e)} | {e['layers']} | {e['parameters']} "
+                f"| {e['true_entropy']:.4f} "
                 f"| {_pm(e, 'entropy')} "
                 f"| {_pm(e, 'kl')} | {_pm(e, 'max_violation')} "
                 f"| {_pm(e, 'largest_orthant_mass', 3)} ({0.5 ** _FEATURES[e['problem']]:g}) | {e['steps_taken']:.0f} |"

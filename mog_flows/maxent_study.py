@@ -60,9 +60,10 @@ SCHEDULE = {
 # K of the mixture bases: per problem in the Dirichlet and bimodal studies, one K for the estimator study. Chosen on
 # seeds the study does not report (3-6; development probes). Dirichlet, seeds 3-6: KL 0.015 / 0.004 / 0.003 / 0.003
 # (mean |ΔH| 0.011) with K = 4, 0.003 / 0.003 / 0.001 / 0.007 (mean |ΔH| 0.007) with K = 8. bimodal-2d, mean KL over
-# seeds 3-5: 0.44 with K = 4 (two runs put 95 % of the mass on one side of an axis), 0.18 with 8, 0.13 with 16, 0.11
-# with 32.
-COMPONENTS = {"dirichlet": 8, "bimodal-1d": 4, "bimodal-2d": 32, "estimators": 4}
+# seeds 3-5, 2 layers, 4000 steps: 0.44 with K = 4 (two runs put 95 % of the mass on one side of an axis), 0.18 with 8,
+# 0.13 with 16, 0.11 with 32, 0.057 with 64, 0.048 with 128; with the study's 4 layers, 16000 steps and c ≤ 16 (below),
+# seeds 3-6: 0.010 / 0.011 / 0.008 / 0.018 with K = 32, 0.010 / 0.012 / 0.006 / 0.006 with K = 128.
+COMPONENTS = {"dirichlet": 8, "bimodal-1d": 4, "bimodal-2d": 128, "estimators": 4}
 
 # Steps, flow layers and the cap on c (fit_maxent's max_penalty) of the full study, per problem. bimodal-2d needs
 # longer runs of a deeper flow; held-out seeds 3 / 4 / 5 (development probes), K = 32: KL 0.059 / 0.181 / 0.100 with

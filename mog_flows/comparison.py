@@ -365,6 +365,7 @@ def spec_key(spec: RunSpec) -> str:
     if spec.base == "mog":  # how `fit` initialises the MoG base
         fields["affine_init_scale_factor"] = training.AFFINE_FLOW_INIT_SCALE_FACTOR
         fields["init_restarts"] = INIT_RESTARTS
+        fields["base_lr_factor"] = training.BASE_LR_FACTOR
     if fields["num_components"] is None:
         fields["num_components"] = default_num_components(get_dataset(spec.dataset))
     text = json.dumps({"row_format": _ROW_FORMAT, **fields}, sort_keys=True)
@@ -546,7 +547,9 @@ def write_markdown(
         f"initialised by EM (the most likely of {INIT_RESTARTS} k-means++ seedings) on the training data pushed "
         "through the new (identity) flow, its scales then "
         f"multiplied by {training.AFFINE_FLOW_INIT_SCALE_FACTOR:g} under maf and realnvp (`fit(init_base=True)`; "
-        "chosen on the validation NLL of a held-out seed); conditioner width as in *hidden* (G / M) below.",
+        "chosen on the validation NLL of a held-out seed); its parameters learn at "
+        f"{training.BASE_LR_FACTOR:g} × lr (`fit(base_lr_factor=...)`, chosen on held-out seeds); conditioner width "
+        "as in *hidden* (G / M) below.",
         "- **Equal budgets**: the MoG base adds K(1 + 2D) parameters; the Gaussian-base flow gets the smallest "
         "conditioner width ≥ the MoG flow's whose parameter count is ≥ the MoG flow's (*params* G / M).",
         "- **NLL**: mean test negative log-likelihood in nats (lower is better). **KL** = KL(p‖q) ≈ mean over the "

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from . import training
 from .checks import check_positive_int
 from .comparison import (
     CSV_COLUMNS,
@@ -218,7 +219,8 @@ def write_rad_markdown(
         f"- **MoG**: NSF flow, {first['num_layers']} layers, conditioner width as in *hidden*, over a diagonal "
         f"mixture of K = max(M, {RAD_STUDY_MIN_COMPONENTS}) Gaussians (M: the target's point modes), initialised by EM "
         f"(the most likely of {INIT_RESTARTS} k-means++ seedings) on the training data pushed through the new "
-        "(identity) flow. Its parameter count is the budget.",
+        f"(identity) flow; its parameters learn at {training.BASE_LR_FACTOR:g} × lr (`fit(base_lr_factor=...)`). "
+        "Its parameter count is the budget.",
         "- **Gaussian**: the same NSF flow over a standard normal, with the smallest width ≥ the MoG flow's whose "
         "parameter count is ≥ the budget.",
         f"- **RAD**: `RAD(2, num_pieces={first['num_pieces']}, num_layers={first['num_layers']}, "

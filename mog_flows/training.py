@@ -5,7 +5,8 @@ minibatch and takes an Adam step on the mean negative log-likelihood
 
     L = -(1/B) Σ_b log p(x_b | c_b),
 
-with a cosine learning-rate decay over the run and gradient-norm clipping.
+with a cosine learning-rate decay over the run and gradient-norm clipping. A flow's mixture base has its own Adam
+parameter group, at `base_lr_factor` × lr.
 
 A checkpoint directory holds
 
@@ -56,13 +57,19 @@ from tqdm import tqdm
 from .checks import check_finite, check_positive_int
 from .mixture import MixtureOfGaussians
 
-__all__ = ["fit", "History", "TrainingDivergedError", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["fit", "History", "TrainingDivergedError", "load_checkpoint", "CHECKPOINT_FORMAT", "BASE_LR_FACTOR"]
 
 CHECKPOINT_FORMAT = "mog_flows.fit/1"
 _INIT_POINTS = 5000  # data points used to initialise a mixture base
 # `init_base` widens the scales of a mixture fitted under a flow of affine layers only (MAF, RealNVP) by this factor;
 # under spline flows and for a base trained alone it keeps the exact fit (`_init_scale_factor`).
 AFFINE_FLOW_INIT_SCALE_FACTOR = 2.0
+# A flow's mixture base learns at this multiple of lr (`fit(base_lr_factor=...)`). Chosen on seeds the comparison
+# does not report: checkerboard under NSF (2000 steps, K = 32), test NLL over seeds 3-10 averaged 3.534 at factor 1,
+# 3.513 at 30 (lower on all 8 seeds; the Gaussian base: 3.529, beaten on 6 of 8); seeds 3 / 10 gave 3.533 / 3.573
+# at 1, 3.518 / 3.551 at 10, 3.516 / 3.544 at 30, 3.509 / 3.538 at 100. At 30, seed 3, the MoG flow beat the
+# Gaussian-base one in the 13 other 2-D cells of nsf and maf tried and on the 10-D mixture under nsf.
+BASE_LR_FACTOR = 30.0
 _AFFINE_LAYERS = (AffineCouplingTransform, MaskedAffineAutoregressiveTransform)
 _SPLINE_LAYERS = (PiecewiseCouplingTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform)
 _PROBE_ROWS = 8  # rows of data tried through model.log_prob before training
@@ -75,10 +82,14 @@ _RESUME_KEYS = (
     "init_base",
     "temperature_schedule",
     "max_grad_norm",
+    "base_lr_factor",
     "schedule",
     "model",
     "data",
 )
+
+# resume keys added after format 1 was fixed, with the value that checkpoints written without them ran with
+_ADDED_RESUME_KEYS = {"base_lr_factor": 1.0}
 
 Data = Tensor | tuple[Tensor, Tensor] | Callable[[int], Any]
 
@@ -165,6 +176,7 @@ def fit(
     progress: bool = True,
     temperature_schedule: tuple[float, float] | None = None,
     max_grad_norm: float | None = 5.0,
+    base_lr_factor: float = BASE_LR_FACTOR,
 ) -> History:
     """Train `model` by maximum likelihood on `data` for `steps` steps; returns the `History`.
 
@@ -197,6 +209,11 @@ def fit(
             geometrically from start (first step) to end (last step). Exact log-densities do not depend on τ; it
             matters to models whose `log_prob` uses the relaxed estimators, and leaves τ at `end` for later use.
         max_grad_norm: clip the gradient norm to this value (None: no clipping).
+        base_lr_factor: the learning rate of a flow's unconditional `MixtureOfGaussians` base (its logits, means
+            and scales), as a multiple of `lr`, with the same decay; no effect on other models (a mixture trained
+            alone, a conditional mixture base, other bases). Adam moves each parameter by about lr per step, which
+            suits network weights but not means and log-scales in the data's units (what was measured: the
+            comment on `BASE_LR_FACTOR`).
 
     Raises:
         ValueError: bad arguments; data that are not finite or do not fit the model; an unreadable checkpoint;
@@ -208,6 +225,7 @@ def fit(
             the update is done.
     """
     _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_norm, init_base, progress)
+    _check_base_lr_factor(base_lr_factor)
     if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
         raise TypeError(f"model must be an nn.Module with a log_prob method; got {type(model).__name__}")
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -244,6 +262,7 @@ def fit(
                 init_base=bool(init_base),
                 temperature_schedule=None if schedule is None else list(schedule),
                 max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
+                base_lr_factor=float(base_lr_factor),
                 schedule="cosine",
                 checkpoint_every=checkpoint_every,
             ),
@@ -276,7 +295,8 @@ class _Run:
         self.mixtures, self.schedule = mixtures, schedule
         self.steps, self.batch_size = config["steps"], config["batch_size"]
         self.checkpoint_every, self.max_grad_norm = config["checkpoint_every"], config["max_grad_norm"]
-        self.optimizer = torch.optim.Adam(parameters, lr=config["lr"])
+        groups = _parameter_groups(model, parameters, config["lr"], config["base_lr_factor"])
+        self.optimizer = torch.optim.Adam(groups, lr=config["lr"])
         steps = self.steps
 
         def cosine(step: int) -> float:
@@ -717,6 +737,22 @@ def _initialize_base(model: nn.Module, source: _Source, seed: int) -> None:
     base.initialize_from_data(x, seed=seed, scale_factor=_init_scale_factor(model) if through_flow else 1.0)
 
 
+def _parameter_groups(
+    model: nn.Module, parameters: list[Tensor], lr: float, base_lr_factor: float
+) -> list[dict[str, Any]]:
+    """Adam's parameter groups: everything at lr, and a flow's unconditional mixture base at lr · base_lr_factor
+    (group 0 is always the one at lr; the learning-rate schedule scales every group alike)."""
+    base, through_flow = _mixture_base(model)
+    if base is None or not through_flow or base.context_net is not None or base_lr_factor == 1.0:
+        return [{"params": parameters}]
+    in_base = {id(p) for p in base.parameters()}
+    others = [p for p in parameters if id(p) not in in_base]
+    base_parameters = [p for p in parameters if id(p) in in_base]
+    if not others or not base_parameters:
+        return [{"params": parameters}]
+    return [{"params": others}, {"params": base_parameters, "lr": lr * base_lr_factor}]
+
+
 def _init_scale_factor(flow: Flow) -> float:
     """`AFFINE_FLOW_INIT_SCALE_FACTOR` for a flow with affine coupling or autoregressive layers and no spline layer,
     else 1. An exact fit of the base is a near-stationary point of an affine flow's likelihood (each component
@@ -828,6 +864,7 @@ def _checkpoint_problem(checkpoint: Any) -> str | None:
 
 
 def _check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    saved = {**_ADDED_RESUME_KEYS, **saved}
     differences = [
         f"{key}: {saved.get(key)!r} there, {current[key]!r} now"
         for key in _RESUME_KEYS
@@ -883,6 +920,11 @@ def _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_nor
     for name, value in (("init_base", init_base), ("progress", progress)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False; got {value!r}")
+
+
+def _check_base_lr_factor(factor) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"base_lr_factor must be a finite number > 0; got {factor!r}")
 
 
 def _check_temperature_schedule(schedule, mixtures) -> tuple[float, float] | None:

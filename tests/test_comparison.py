@@ -73,6 +73,10 @@ def test_run_comparison_resumes_from_its_cache(tmp_path, monkeypatch):
     assert comparison.spec_key(specs[0]) != comparison.spec_key(dataclasses.replace(specs[0], seed=1))
     # K is part of the key once resolved: the default and the same K given explicitly name the same run
     assert comparison.spec_key(specs[0]) == comparison.spec_key(dataclasses.replace(specs[0], num_components=32))
+    # how fit trains a mixture base is part of a MoG spec's key, not of a Gaussian one's
+    keys = [comparison.spec_key(spec) for spec in specs]
+    monkeypatch.setattr(comparison.training, "BASE_LR_FACTOR", 1.0)
+    assert comparison.spec_key(specs[0]) == keys[0] and comparison.spec_key(specs[1]) != keys[1]
 
 
 @pytest.mark.parametrize(("features", "transform", "components"), [(2, "nsf", 8), (2, "realnvp", 25), (10, "maf", 10)])

@@ -20,7 +20,14 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from mog_flows import MixtureOfGaussians, build_flow
-from mog_flows.training import AFFINE_FLOW_INIT_SCALE_FACTOR, History, TrainingDivergedError, fit, load_checkpoint
+from mog_flows.training import (
+    AFFINE_FLOW_INIT_SCALE_FACTOR,
+    BASE_LR_FACTOR,
+    History,
+    TrainingDivergedError,
+    fit,
+    load_checkpoint,
+)
 
 SMALL = dict(num_layers=2, hidden_features=16, num_components=3)
 MODES = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]])  # (K, D) well separated, scale 0.5
@@ -291,7 +298,9 @@ def test_checkpoint_layout(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", [dict(batch_size=32), dict(lr=1e-2), dict(steps=20), dict(seed=1)], ids=lambda change: next(iter(change))
+    "change",
+    [dict(batch_size=32), dict(lr=1e-2), dict(steps=20), dict(seed=1), dict(base_lr_factor=3.0)],
+    ids=lambda change: next(iter(change)),
 )
 def test_resuming_with_other_arguments_is_refused(tmp_path, change):
     x = data_tensor(300)
@@ -301,6 +310,63 @@ def test_resuming_with_other_arguments_is_refused(tmp_path, change):
         fit(make_flow(), x, checkpoint_dir=tmp_path, **{**arguments, **change})
     with pytest.raises(ValueError, match="data"):
         fit(make_flow(), data_tensor(300, seed=9), checkpoint_dir=tmp_path, **arguments)
+
+
+def _first_step_sizes(model: nn.Module, **arguments) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """|Δθ| of one fit step for every parameter: Adam's first step moves each coordinate with a non-zero gradient by
+    its group's learning rate exactly (up to eps), whatever the gradient's size."""
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    fit(model, data_tensor(300), steps=1, batch_size=BATCH, lr=1e-3, init_base=False, progress=False, **arguments)
+    return {name: (p.detach() - before[name]).abs() for name, p in model.named_parameters()}
+
+
+def test_base_lr_factor_scales_the_steps_of_the_mixture_base_only():
+    steps = _first_step_sizes(make_flow(), base_lr_factor=7.0)
+    for name, size in steps.items():
+        moved = size[size > 0]  # identity-initialised layers give zero gradients to the weights before them
+        in_base = name.startswith("_distribution.")
+        assert moved.numel() > 0 or not in_base, name
+        expected = 7e-3 if in_base else 1e-3
+        assert torch.allclose(moved, torch.full_like(moved, expected), rtol=1e-3), name
+    assert sum(int((size > 0).sum()) for name, size in steps.items() if name.startswith("_transform.")) > 100
+    # a Gaussian-base flow and a mixture trained alone take lr for every parameter
+    for model in (make_flow(base="gaussian"), MixtureOfGaussians(2, 3)):
+        for name, size in _first_step_sizes(model, base_lr_factor=7.0).items():
+            moved = size[size > 0]
+            assert torch.allclose(moved, torch.full_like(moved, 1e-3), rtol=1e-3), name
+
+
+def test_base_lr_factor_resumes_exactly(tmp_path):
+    x = data_tensor(500)
+    arguments = dict(steps=STEPS, batch_size=BATCH, checkpoint_every=EVERY, progress=False, base_lr_factor=10.0)
+    reference, model = make_flow(), make_flow()
+    expected = fit(reference, x, **arguments)
+    raise_in_log_prob(model, 7, raise_(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, x, checkpoint_dir=tmp_path, **arguments)
+    del model.log_prob
+    resumed = fit(model, x, checkpoint_dir=tmp_path, **arguments)
+    assert_same_parameters(reference, model)
+    assert resumed.train_loss == expected.train_loss
+
+
+def test_a_checkpoint_written_before_base_lr_factor_resumes_as_a_run_with_factor_one(tmp_path):
+    x = data_tensor(300)
+    arguments = dict(steps=6, batch_size=BATCH, checkpoint_every=3, progress=False, base_lr_factor=1.0)
+    reference, model = make_flow(), make_flow()
+    fit(reference, x, **arguments)
+    raise_in_log_prob(model, 4, raise_(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, x, checkpoint_dir=tmp_path, **arguments)
+    del model.log_prob
+    latest = torch.load(tmp_path / "latest.pt", weights_only=True)
+    del latest["config"]["base_lr_factor"]  # as written by an earlier version, whose base learnt at lr
+    torch.save(latest, tmp_path / "latest.pt")
+    assert BASE_LR_FACTOR != 1.0
+    with pytest.raises(ValueError, match="other settings.*base_lr_factor: 1.0 there"):
+        fit(make_flow(), x, checkpoint_dir=tmp_path, **{**arguments, "base_lr_factor": BASE_LR_FACTOR})
+    fit(model, x, checkpoint_dir=tmp_path, **arguments)
+    assert_same_parameters(reference, model)
 
 
 # ------------------------------------------------------------------------------------------------ refused input
@@ -365,6 +431,9 @@ def test_a_model_that_fails_on_the_data_is_refused_before_training():
         (dict(checkpoint_every=0), "checkpoint_every"),
         (dict(seed=-1), "seed"),
         (dict(max_grad_norm=0.0), "max_grad_norm"),
+        (dict(base_lr_factor=0.0), "base_lr_factor"),
+        (dict(base_lr_factor=float("inf")), "base_lr_factor"),
+        (dict(base_lr_factor=True), "base_lr_factor"),
         (dict(device="not-a-device"), "device"),
         (dict(temperature_schedule=(1.0, 0.0)), "temperature_schedule"),
         (dict(temperature_schedule=(1.0,)), "temperature_schedule"),
@@ -486,8 +555,9 @@ def test_init_base_fits_the_mixture_to_the_data_pushed_through_the_flow():
     initialised, untouched = make_flow(), make_flow()
     before = copy.deepcopy(untouched._distribution.state_dict())
     # a single, tiny step: what changes the base is the initialisation
-    fit(initialised, x, steps=1, lr=1e-6, progress=False)
-    fit(untouched, x, steps=1, lr=1e-6, init_base=False, progress=False)
+    tiny = dict(steps=1, lr=1e-6, base_lr_factor=1.0, progress=False)
+    fit(initialised, x, **tiny)
+    fit(untouched, x, init_base=False, **tiny)
     for name, value in untouched._distribution.named_parameters():
         torch.testing.assert_close(value.detach(), before[name], atol=1e-5, rtol=0)
     assert not torch.allclose(initialised._distribution.loc, before["loc"], atol=0.5)

@@ -312,7 +312,7 @@ def test_resuming_with_other_arguments_is_refused(tmp_path, change):
         fit(make_flow(), data_tensor(300, seed=9), checkpoint_dir=tmp_path, **arguments)
 
 
-def _first_step_sizes(model: nn.Module, **arguments) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _first_step_sizes(model: nn.Module, **arguments) -> dict[str, torch.Tensor]:
     """|Δθ| of one fit step for every parameter: Adam's first step moves each coordinate with a non-zero gradient by
     its group's learning rate exactly (up to eps), whatever the gradient's size."""
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

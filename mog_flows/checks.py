@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
     "check_choice",
     "check_finite",
     "check_positive_int",
+    "check_positive_number",
     "check_temperature",
     "check_features",
     "check_context",
@@ -23,6 +26,13 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 def check_positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def check_positive_number(name: str, value: float) -> float:
+    """A finite real number > 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
     return value
 
 

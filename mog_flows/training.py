@@ -54,7 +54,7 @@ from nflows.transforms.coupling import PiecewiseCouplingTransform
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checks import check_finite, check_positive_int
+from .checks import check_finite, check_positive_int, check_positive_number
 from .mixture import MixtureOfGaussians
 
 __all__ = ["fit", "History", "TrainingDivergedError", "load_checkpoint", "CHECKPOINT_FORMAT", "BASE_LR_FACTOR"]
@@ -225,7 +225,7 @@ def fit(
             the update is done.
     """
     _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_norm, init_base, progress)
-    _check_base_lr_factor(base_lr_factor)
+    check_positive_number("base_lr_factor", base_lr_factor)
     if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
         raise TypeError(f"model must be an nn.Module with a log_prob method; got {type(model).__name__}")
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -909,8 +909,7 @@ def _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_nor
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
     check_positive_int("checkpoint_every", checkpoint_every)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0; got {lr!r}")
+    check_positive_number("lr", lr)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63); got {seed!r}")
     if max_grad_norm is not None and (
@@ -920,11 +919,6 @@ def _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_nor
     for name, value in (("init_base", init_base), ("progress", progress)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False; got {value!r}")
-
-
-def _check_base_lr_factor(factor) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"base_lr_factor must be a finite number > 0; got {factor!r}")
 
 
 def _check_temperature_schedule(schedule, mixtures) -> tuple[float, float] | None:

@@ -38,7 +38,8 @@ training-time estimates beside the exact ones, so that the gap between them is v
 With `checkpoint_dir`, the state at the end of every epoch (model, optimizer, λ, c, the last test statistics, history,
 RNG) goes to `latest.pt` (format "mog_flows.maxent/1", readable with `torch.load(..., weights_only=True)`), and
 calling `fit_maxent` again with the same arguments resumes from it and ends with the result of an uninterrupted run
-(bitwise on the CPU). An interruption inside an epoch loses that epoch's steps only.
+(bitwise on the CPU). An interruption inside an epoch loses that epoch's steps only; SIGTERM (a scheduler's preemption)
+and SIGHUP (a closed terminal) interrupt as Ctrl-C does, with KeyboardInterrupt("received SIGTERM") and so on.
 """
 
 from __future__ import annotations
@@ -59,7 +60,16 @@ from tqdm import tqdm
 
 from .checks import check_choice, check_finite, check_positive_int
 from .mixture import MixtureOfGaussians
-from .training import TrainingDivergedError, _check_state_fits, _eval_mode, _first_line, _write_atomic
+from .training import (
+    TrainingDivergedError,
+    _check_checkpoint_dir,
+    _check_mixture_settings,
+    _check_state_fits,
+    _eval_mode,
+    _first_line,
+    _InterruptGuard,
+    _write_atomic,
+)
 
 __all__ = [
     "fit_maxent",
@@ -400,14 +410,22 @@ def fit_maxent(
         max_grad_norm: clip the gradient norm (None: no clipping).
         stop_early: stop after an epoch that passes the stopping test (False: always take all `steps`, e.g. to
             compare runs at equal steps; the test is still recorded in `result.converged` and the history).
-        checkpoint_dir: where `config.json` and `latest.pt` go; a directory holding `latest.pt` of a run with the
-            same arguments is resumed from it, one of another run raises ValueError.
+        checkpoint_dir: where `config.json` and `latest.pt` go: a str or os.PathLike naming a directory that exists
+            or can be created, checked by writing a file into it before any work ("" is refused: pass "." for the
+            current directory). A directory holding `latest.pt` of a run with the same arguments is resumed from
+            it; one of another run, or of a flow whose mixture base has another estimator, num_inner or (when no
+            temperature schedule sets it) temperature, raises ValueError.
 
     Raises:
         TypeError: `flow` is not an nflows Distribution or `statistic` not callable.
         ValueError: bad arguments: a statistic of the wrong shape or without gradient, a target that is not finite
-            or of the wrong length, a conditional flow, an unreadable or foreign checkpoint.
-        TrainingDivergedError: a non-finite objective, gradient or parameter.
+            or of the wrong length, a conditional flow, a checkpoint_dir that is not a path, is a file, lies under a
+            file or cannot be written, an unreadable or foreign checkpoint; a statistic that returns NaN or inf on
+            finite samples (the message says where: the first samples, a step, the test batches or the final
+            evaluation, and for how many samples), at any time, the last completed epoch being kept.
+        TrainingDivergedError: a non-finite objective, gradient, parameter or sample.
+        KeyboardInterrupt: Ctrl-C, SIGTERM or SIGHUP (the latter two where they have their default handlers and
+            `fit_maxent` runs in the main thread); the last completed epoch is kept in `latest.pt`.
     """
     _check_arguments(
         steps=steps,
@@ -443,8 +461,9 @@ def fit_maxent(
     reference = parameters[0]
     target = _check_target(target, reference.dtype, reference.device)
     schedule = _resolve_temperature_schedule(temperature_schedule, mixtures)
+    directory = _check_checkpoint_dir(checkpoint_dir)
     devices = [reference.device] if reference.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), _InterruptGuard():
         _probe(flow, statistic, target)  # before seeding: the probe's draws do not enter the run
         config = {
             "format": CHECKPOINT_FORMAT,
@@ -473,7 +492,6 @@ def fit_maxent(
                 "dtype": str(reference.dtype),
             },
         }
-        directory = None if checkpoint_dir is None else Path(checkpoint_dir)
         run = _Run(flow, statistic, target, parameters, mixtures, schedule, config, directory)
         run.start()
         run.train(progress)
@@ -495,6 +513,7 @@ class _Run:
         self.history = MaxEntHistory()
         self.step = 0
         self.converged = False
+        self.saved_step = 0  # step of the latest.pt on disk
         # a run whose training is exact (no Gumbel-relaxed base) has its exact estimates in its training-time ones
         self.exact_training = not any(m.estimator.startswith("gumbel") for m in mixtures)
 
@@ -530,6 +549,8 @@ class _Run:
                 f"checkpoint {path} belongs to a run with other settings ({'; '.join(differences)}); call "
                 "fit_maxent with the original arguments to resume it, or use another checkpoint_dir"
             )
+        # under a schedule τ is set at every step (and the schedule's ends are compared above)
+        _check_mixture_settings(self.flow, checkpoint["model"], path, temperature=self.schedule is None)
         _check_state_fits(self.flow, checkpoint["model"], path)
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -542,6 +563,7 @@ class _Run:
         self.reference = checkpoint["reference"].to(torch.float64)
         self.history = MaxEntHistory.from_state_dict(checkpoint["history"])
         self.step, self.converged = int(checkpoint["step"]), bool(checkpoint["converged"])
+        self.saved_step = self.step
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if reference.device.type == "cuda" and "cuda" in checkpoint["rng"]:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], reference.device)
@@ -564,6 +586,7 @@ class _Run:
             "rng": rng,
         }
         _write_atomic(self.directory / "latest.pt", lambda f: torch.save(checkpoint, f))
+        self.saved_step = self.step
 
     # ---------------------------------------------------------------- the loop
     def train(self, progress: bool) -> None:
@@ -587,7 +610,7 @@ class _Run:
                     self._save()
         except BaseException as error:
             if self.directory is not None and hasattr(error, "add_note"):
-                saved = self.history.steps[-1] if self.history.steps else 0
+                saved = self.saved_step
                 error.add_note(
                     f"mog_flows.fit_maxent keeps the state after step {saved} (the last completed epoch) in "
                     f"{self.directory / 'latest.pt'}; call fit_maxent again with the same arguments to resume."
@@ -607,7 +630,7 @@ class _Run:
         self._set_learning_rate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         x, log_q = self.flow.sample_and_log_prob(batch)
-        values = _apply_statistic(self.statistic, x, self.target)  # (B, m)
+        values = self._statistic(x, f"at step {self.step + 1} of {self.steps}")  # (B, m)
         residual = values.mean(0) - self.target
         first, second = values[:half].mean(0) - self.target, values[half:].mean(0) - self.target
         entropy = -log_q.mean()
@@ -639,7 +662,11 @@ class _Run:
         if self.exact_training:
             exact_entropy, exact_violation = entropy, residuals.mean((0, 1)).norm().item()
         else:
-            neg_log_q, values = _exact_samples(self.flow, self.statistic, self.target, residuals[:, :, 0].numel())
+            neg_log_q, values = _exact_samples(
+                self.flow,
+                lambda x: self._statistic(x, f"of the exact samples after step {self.step}"),
+                residuals[:, :, 0].numel(),
+            )
             exact_entropy = neg_log_q.mean().item()
             exact_violation = (values.mean(0) - self.target.to(values)).norm().item()
         update = augmented_lagrangian_update(
@@ -672,10 +699,13 @@ class _Run:
     def _test_batches(self) -> tuple[Tensor, float]:
         """Residuals T(x) - t (E, B, m) of E fresh training-time batches, and their entropy estimate."""
         residuals, neg_log_q = [], []
+        where = (
+            f"in the test batches after step {self.step}" if self.step else "in the test batches before the first step"
+        )
         with _eval_mode(self.flow):
             for _ in range(self.config["test_batches"]):
                 x, log_q = self.flow.sample_and_log_prob(self.batch_size)
-                values = _apply_statistic(self.statistic, x, self.target)
+                values = self._statistic(x, where)
                 residuals.append((values - self.target).to(torch.float64))
                 neg_log_q.append(-log_q.to(torch.float64))
         entropy = torch.cat(neg_log_q).mean().item()
@@ -689,9 +719,24 @@ class _Run:
         for mixture in self.mixtures:
             mixture.temperature = tau
 
+    def _statistic(self, x: Tensor, where: str) -> Tensor:
+        """statistic(x) (n, m), checked: of the right shape and finite. Non-finite values on non-finite samples are
+        the flow's divergence; on finite samples the statistic's fault."""
+        values = _apply_statistic(self.statistic, x, self.target)
+        if not torch.isfinite(values.detach()).all():
+            bad_samples = int((~torch.isfinite(x.detach()).all(-1)).sum())
+            if bad_samples:
+                self._diverged(f"{bad_samples} of {x.shape[0]} samples {where} are NaN or infinite")
+            _check_statistic_finite(x, values, where, self._kept())
+        return values
+
+    def _kept(self) -> str:
+        latest = None if self.directory is None else self.directory / "latest.pt"
+        return "No checkpoint_dir was given." if latest is None else f"The last good state is in {latest}."
+
     def _diverged(self, what: str) -> None:
         latest = None if self.directory is None else self.directory / "latest.pt"
-        kept = "No checkpoint_dir was given." if latest is None else f"The last good state is in {latest}."
+        kept = self._kept()
         raise TrainingDivergedError(
             f"fit_maxent diverged at step {self.step + 1} of {self.steps}: {what}. {kept} "
             "Try a smaller lr or penalty, or a tighter max_grad_norm.",
@@ -701,7 +746,9 @@ class _Run:
 
     # ---------------------------------------------------------------- the result
     def result(self) -> MaxEntResult:
-        neg_log_q, values = _exact_samples(self.flow, self.statistic, self.target, self.config["eval_samples"])
+        neg_log_q, values = _exact_samples(
+            self.flow, lambda x: self._statistic(x, "in the final evaluation"), self.config["eval_samples"]
+        )
         n = values.shape[0]
         return MaxEntResult(
             entropy=neg_log_q.mean().item(),
@@ -717,15 +764,15 @@ class _Run:
 
 
 @torch.no_grad()
-def _exact_samples(flow, statistic, target: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+def _exact_samples(flow, statistic: Statistic, num_samples: int) -> tuple[Tensor, Tensor]:
     """-flow.log_prob(x) (n,) and statistic(x) (n, m), in float64, of n fresh x ~ flow.sample: exact whatever the
-    base's `estimator`, which neither `sample` nor `log_prob` consults."""
+    base's `estimator`, which neither `sample` nor `log_prob` consults. `statistic` is the checked one."""
     neg_log_q, values = [], []
     with _eval_mode(flow):
         for start in range(0, num_samples, _EVAL_CHUNK):
             x = flow.sample(min(_EVAL_CHUNK, num_samples - start))
             neg_log_q.append(-flow.log_prob(x).to(torch.float64))
-            values.append(_apply_statistic(statistic, x, target).to(torch.float64))
+            values.append(statistic(x).to(torch.float64))
     return torch.cat(neg_log_q), torch.cat(values)
 
 
@@ -740,6 +787,26 @@ def _apply_statistic(statistic: Statistic, x: Tensor, target: Tensor) -> Tensor:
             f"(one row of m = {target.shape[0]} statistics per sample, m = len(target)); got {got}"
         )
     return values
+
+
+def _check_statistic_finite(x: Tensor, values: Tensor, where: str, kept: str = "") -> None:
+    """A statistic that returns NaN or inf on samples is at fault, not the optimisation: say so, and where."""
+    bad = ~torch.isfinite(values.detach()).all(-1)  # (n,)
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        example = f"statistic(x) = {_short(values[first])} at x = {_short(x[first])}"
+        message = (
+            f"statistic returned NaN or inf for {int(bad.sum())} of {x.shape[0]} samples {where} (e.g. {example}): "
+            "it must be finite wherever the flow can put its samples; guard or clamp it, or map the flow onto the "
+            f"statistic's domain (e.g. simplex_flow). {kept}"
+        )
+        raise ValueError(message.strip())
+
+
+def _short(row: Tensor, shown: int = 6) -> str:
+    """A vector (k,) as a short list: the first `shown` entries, then how many more."""
+    values = [float(f"{v:.4g}") for v in row.detach().tolist()[:shown]]
+    return str(values) if row.numel() <= shown else f"{str(values)[:-1]}, ... ({row.numel() - shown} more)]"
 
 
 def _probe(flow: Distribution, statistic: Statistic, target: Tensor) -> None:
@@ -757,6 +824,7 @@ def _probe(flow: Distribution, statistic: Statistic, target: Tensor) -> None:
             f"{tuple(x.shape)} and {tuple(log_q.shape)}"
         )
     values = _apply_statistic(statistic, x, target)
+    _check_statistic_finite(x, values, "of the initial flow")
     if x.requires_grad and not values.requires_grad:
         raise ValueError(
             "statistic must be differentiable in x (built from torch operations on x): its output carries no "

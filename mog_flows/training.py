@@ -16,6 +16,9 @@ A checkpoint directory holds
                   last *completed* step); never a state with non-finite parameters
     best.pt       the state with the lowest validation NLL so far (only with `val_data`)
 
+`checkpoint_every` saves are skipped while the loss is blown up (`BLOWUP_FACTOR`), so that `latest.pt` stays the last
+good state if the blow-up lasts.
+
 Each `.pt` file is a plain dict of tensors, numbers, strings and lists, readable with
 `torch.load(path, weights_only=True)` or `load_checkpoint`:
 
@@ -36,6 +39,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +61,16 @@ from tqdm import tqdm
 from .checks import check_finite, check_positive_int, check_positive_number
 from .mixture import MixtureOfGaussians
 
-__all__ = ["fit", "History", "TrainingDivergedError", "load_checkpoint", "CHECKPOINT_FORMAT", "BASE_LR_FACTOR"]
+__all__ = [
+    "fit",
+    "History",
+    "TrainingDivergedError",
+    "load_checkpoint",
+    "CHECKPOINT_FORMAT",
+    "BASE_LR_FACTOR",
+    "BLOWUP_FACTOR",
+    "BLOWUP_STEPS",
+]
 
 CHECKPOINT_FORMAT = "mog_flows.fit/1"
 _INIT_POINTS = 5000  # data points used to initialise a mixture base
@@ -72,6 +85,15 @@ AFFINE_FLOW_INIT_SCALE_FACTOR = 2.0
 BASE_LR_FACTOR = 30.0
 _AFFINE_LAYERS = (AffineCouplingTransform, MaskedAffineAutoregressiveTransform)
 _SPLINE_LAYERS = (PiecewiseCouplingTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform)
+# A finite loss that explodes stops the run (TrainingDivergedError) when for BLOWUP_STEPS steps in a row it lies more
+# than BLOWUP_FACTOR · (1 + |best|) above the best minibatch loss so far: the margin scales with the loss (nats, any
+# units of the data), and a few steps in a row let single bad minibatches pass. Ordinary training stays far below it:
+# on the 2-D targets under NSF, MAF and RealNVP (mixture and Gaussian bases), RAD, a mixture alone and 64-D digits,
+# batches of 32 to 512 and lr up to 1e-2, the largest such ratio sustained for 3 steps was 0.29 (single steps: 1.5);
+# data in units of 1e-30 give ratios of 1e10 and more from the second step on.
+BLOWUP_FACTOR = 100.0
+BLOWUP_STEPS = 3
+_HALF_PRECISION = (torch.float16, torch.bfloat16)
 _PROBE_ROWS = 8  # rows of data tried through model.log_prob before training
 # arguments that change the trajectory: a checkpoint resumes only a run with the same values
 _RESUME_KEYS = (
@@ -194,10 +216,14 @@ def fit(
         seed: seeds the minibatch generator, torch's global RNG and the base initialisation.
         val_data: a tensor (N', D) or a pair (x, context); its mean NLL is computed without gradients every
             `checkpoint_every` steps and at the end.
-        checkpoint_dir: where `config.json`, `latest.pt` and `best.pt` go (see the module docstring). A directory
-            holding `latest.pt` from a run with the same arguments is resumed from it; calling `fit` again after an
-            interruption ends with exactly the parameters of an uninterrupted run (bitwise on CPU; on CUDA only
-            with `torch.use_deterministic_algorithms(True)`). A run with other arguments raises ValueError.
+        checkpoint_dir: where `config.json`, `latest.pt` and `best.pt` go (see the module docstring): a str or
+            os.PathLike naming a directory that exists or can be created, checked by writing a file into it before
+            any work ("" is refused: pass "." for the current directory). A directory holding `latest.pt` from a
+            run with the same arguments is resumed from it; calling `fit` again after an interruption ends with
+            exactly the parameters of an uninterrupted run (bitwise on CPU; on CUDA only with
+            `torch.use_deterministic_algorithms(True)`). A run with other arguments, or a model whose mixtures have
+            another estimator, temperature (when no `temperature_schedule` sets it) or num_inner than those the
+            checkpoint was written with, raises ValueError.
         checkpoint_every: steps between checkpoints and validations.
         init_base: on a fresh start, when the base is a `MixtureOfGaussians` (the model itself, or a Flow's
             `_distribution`), fit it (k-means++ then EM, `initialize_from_data`) to up to 5000 data points pushed
@@ -215,14 +241,21 @@ def fit(
             suits network weights but not means and log-scales in the data's units (what was measured: the
             comment on `BASE_LR_FACTOR`).
 
+    The model trains in its own dtype, float32 or float64; half precision (float16, bfloat16) is refused, since
+    Adam's moment estimates underflow there and the run diverges at once: train in float32 and cast afterwards.
+
     Raises:
-        ValueError: bad arguments; data that are not finite or do not fit the model; an unreadable checkpoint;
-            a checkpoint from a run with other arguments.
-        TrainingDivergedError: a non-finite loss, gradient or parameter. The step is not applied and the last
-            good `latest.pt` is left in place.
+        ValueError: bad arguments; a half-precision model; a checkpoint_dir that is not a path, is a file, lies
+            under a file or cannot be written; data that are not finite or do not fit the model; an unreadable
+            checkpoint; a checkpoint from a run with other arguments or a model with other mixture settings.
+        TrainingDivergedError: a non-finite loss, gradient or parameter, or a loss blown up for `BLOWUP_STEPS`
+            steps in a row (see `BLOWUP_FACTOR`). The step is not applied and the last good `latest.pt` is left in
+            place.
         KeyboardInterrupt, or an exception raised by the data source or the model: re-raised after saving the
-            state after the last completed step to `latest.pt`. Ctrl-C during a parameter update takes effect when
-            the update is done.
+            state after the last completed step to `latest.pt`. SIGTERM (a scheduler's preemption) and SIGHUP (a
+            closed terminal) are handled as Ctrl-C (SIGINT) is, raising KeyboardInterrupt("received SIGTERM") and
+            so on, where they have their default handlers and `fit` runs in the main thread. A signal during a
+            parameter update takes effect when the update is done.
     """
     _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_norm, init_base, progress)
     check_positive_number("base_lr_factor", base_lr_factor)
@@ -231,6 +264,14 @@ def fit(
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("model has no trainable parameters")
+    half = sorted({str(p.dtype) for p in parameters if p.dtype in _HALF_PRECISION})
+    if half:
+        raise ValueError(
+            f"fit trains in float32 or float64; the model's parameters are {', '.join(half)}, in which Adam's "
+            "moment estimates underflow and the run diverges at once: train in float32 and cast afterwards "
+            "(model.float() before fit, model.half() or model.bfloat16() after)"
+        )
+    directory = _check_checkpoint_dir(checkpoint_dir)
     device = _resolve_device(device)
     mixtures = [module for module in model.modules() if isinstance(module, MixtureOfGaussians)]
     schedule = _check_temperature_schedule(temperature_schedule, mixtures)
@@ -238,7 +279,6 @@ def fit(
     dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.get_default_dtype())
     source = _make_source(data, device, dtype)
     val = None if val_data is None else _split(val_data, "val_data")
-    directory = None if checkpoint_dir is None else Path(checkpoint_dir)
 
     cuda_devices = (
         [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
@@ -306,6 +346,7 @@ class _Run:
         self.history = History()
         self.step = 0  # completed steps
         self.saved_step: int | None = None  # step of the latest.pt on disk
+        self._blowup = _BlowUp()
 
     # ---------------------------------------------------------------- start: fresh or resumed
     def start(self, init_base: bool) -> None:
@@ -329,6 +370,9 @@ class _Run:
     def _resume(self, path: Path) -> None:
         checkpoint = _read_checkpoint(path)
         _check_config(checkpoint["config"], self.config, path)
+        # under a schedule τ is set at every step (and the schedule is compared above), so only its absence makes
+        # the model's τ part of the run
+        _check_mixture_settings(self.model, checkpoint["model"], path, temperature=self.schedule is None)
         step = checkpoint["step"]
         history = checkpoint["history"]
         if not 0 <= step <= self.steps or len(history["train_loss"]) != step:
@@ -348,6 +392,7 @@ class _Run:
         self._set_rng_state(checkpoint["rng"], path)
         self.history = History.from_state_dict(history)
         self.step = self.saved_step = step
+        self._blowup = _BlowUp.replay(self.history.train_loss)
 
     # ---------------------------------------------------------------- the loop
     def train(self, guard: _InterruptGuard, progress: bool) -> None:
@@ -385,9 +430,11 @@ class _Run:
                     self.history.grad_norm.append(grad_norm)
                     self.history.wall_time = previous_time + time.perf_counter() - began
                     postfix = {"loss": f"{loss:.4f}"}
+                    self._blowup.record(loss)
                     if self.step % self.checkpoint_every == 0 or self.step == self.steps:
                         self._check_parameters_finite(self.step)
-                        self._validate_and_save()
+                        # while the loss is blown up, latest.pt keeps the last good state (the end is always saved)
+                        self._validate_and_save(latest=not self._blowup.streak or self.step == self.steps)
                         if self.history.val_nll:
                             postfix["val"] = f"{self.history.val_nll[-1]:.4f}"
                     boundary = (self._rng_state(), _floating_buffers(self.model))
@@ -398,7 +445,13 @@ class _Run:
                     unsaved = self.saved_step != self.step
                     if self.directory is not None and unsaved and not self._non_finite_parameters():
                         self.save("latest.pt", *boundary)
-                    raise KeyboardInterrupt
+                    error = KeyboardInterrupt(guard.reason)
+                    if self.directory is not None:
+                        error.add_note(
+                            f"mog_flows.fit saved the state after step {self.saved_step} to "
+                            f"{self.directory / 'latest.pt'}; call fit again with the same arguments to resume."
+                        )
+                    raise error
         finally:
             bar.close()
             self.history.wall_time = previous_time + time.perf_counter() - began
@@ -416,6 +469,9 @@ class _Run:
         value = loss.item()
         if not math.isfinite(value):
             self._diverged(f"the minibatch loss is {value}")
+        blown_up = self._blowup.check(value)
+        if blown_up:
+            self._diverged(blown_up)
         loss.backward()
         max_norm = math.inf if self.max_grad_norm is None else self.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm).item()
@@ -458,7 +514,7 @@ class _Run:
             mixture.temperature = tau
 
     # ---------------------------------------------------------------- validation and checkpoints
-    def _validate_and_save(self) -> None:
+    def _validate_and_save(self, latest: bool = True) -> None:
         history = self.history
         improved = False
         if self.val is not None:
@@ -471,7 +527,8 @@ class _Run:
             rng = self._rng_state()
             if improved:
                 self.save("best.pt", rng)
-            self.save("latest.pt", rng)
+            if latest:
+                self.save("latest.pt", rng)
 
     def save(self, name: str, rng: dict[str, Tensor], buffers: dict[str, Tensor] | None = None) -> None:
         state = self.model.state_dict()
@@ -964,35 +1021,139 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-# -------------------------------------------------------------------------------------------------- Ctrl-C
+# -------------------------------------------------------------------------------------------------- blow-ups
+class _BlowUp:
+    """The rule of `BLOWUP_FACTOR`: a run stops when its minibatch loss lies more than BLOWUP_FACTOR · (1 + |best|)
+    above the best loss so far for BLOWUP_STEPS steps in a row. A function of the recorded losses alone, so that a
+    resumed run decides as the uninterrupted one (`replay`)."""
+
+    def __init__(self) -> None:
+        self.best: float | None = None  # the lowest recorded loss
+        self.streak = 0  # recorded steps in a row above the threshold, up to the last one
+
+    def _above(self, loss: float) -> bool:
+        return self.best is not None and loss > self.best + BLOWUP_FACTOR * (1 + abs(self.best))
+
+    def check(self, loss: float) -> str | None:
+        """Before the update of a step with minibatch loss `loss`: why the run must stop, or None."""
+        if self._above(loss) and self.streak + 1 >= BLOWUP_STEPS:
+            return (
+                f"the minibatch loss {loss:.6g} lies more than {BLOWUP_FACTOR:g} × (1 + |best|) above the best loss "
+                f"so far, {self.best:.6g}, for {BLOWUP_STEPS} steps in a row (finite, but blown up)"
+            )
+        return None
+
+    def record(self, loss: float) -> None:
+        self.streak = self.streak + 1 if self._above(loss) else 0
+        self.best = loss if self.best is None else min(self.best, loss)
+
+    @classmethod
+    def replay(cls, losses: list[float]) -> _BlowUp:
+        state = cls()
+        for loss in losses:
+            state.record(loss)
+        return state
+
+
+# -------------------------------------------------------------------------------------------------- checkpoint dirs
+def _check_checkpoint_dir(value: Any, name: str = "checkpoint_dir") -> Path | None:
+    """None, or `value` as a Path once it is known that checkpoints can be written there: a str or os.PathLike, not
+    "", naming a directory, or a path that can be created as one. The check writes and removes a file (in the
+    directory, or in its nearest existing ancestor), so that permissions, read-only file systems and the like are
+    found before any work, whoever runs it (root ignores permission bits)."""
+    if value is None:
+        return None
+    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise ValueError(f"{name} must be a path (str or os.PathLike) or None; got {type(value).__name__}")
+    if path == "":
+        raise ValueError(
+            f"{name}='' names no directory, and would put the checkpoints in the current directory: pass '.' to "
+            "mean that, or None for no checkpoints"
+        )
+    directory = Path(path)
+    existing = directory
+    while not (existing.exists() or existing.is_symlink()):
+        existing = existing.parent
+    if not existing.exists():
+        raise ValueError(f"{name} {directory}: {existing} is a broken symbolic link")
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "something other than a directory"
+        if existing == directory:
+            raise ValueError(f"{name} {directory} is {kind}, not a directory")
+        raise ValueError(f"{name} {directory} lies under {existing}, {kind}, so it cannot be created")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".mog_flows-write-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        to_create = "" if existing == directory else f" (to create {directory})"
+        raise ValueError(f"{name}: cannot write into {existing}{to_create}: {error.strerror or error}") from error
+    return directory
+
+
+def _check_mixture_settings(model: nn.Module, state: dict[str, Any], path: Path, *, temperature: bool) -> None:
+    """Refuse a checkpoint whose mixtures were built with another estimator, num_inner or (with `temperature`) τ
+    than the model's: loading it would silently replace the caller's settings with the checkpoint's."""
+    keys = ("estimator", "temperature", "num_inner") if temperature else ("estimator", "num_inner")
+    differences = []
+    for name, module in model.named_modules():
+        if not isinstance(module, MixtureOfGaussians):
+            continue
+        saved = state.get(f"{name}._extra_state" if name else "_extra_state")
+        if not isinstance(saved, dict):  # _check_state_fits names what is missing
+            continue
+        current = module.get_extra_state()
+        differences += [
+            f"{name or 'model'}.{key}: {saved[key]!r} there, {current[key]!r} now"
+            for key in keys
+            if key in saved and not _same(saved[key], current[key])
+        ]
+    if differences:
+        raise ValueError(
+            f"checkpoint {path} was written by a model built with other settings ({'; '.join(differences)}); build "
+            "the model with the checkpoint's settings to resume it, or use another checkpoint_dir"
+        )
+
+
+# -------------------------------------------------------------------------------------------------- signals
+# the signals that stop a run as Ctrl-C does: SIGTERM is what cluster schedulers send to preempt a job, SIGHUP what a
+# closed terminal sends (SIGHUP does not exist on Windows)
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class _InterruptGuard:
-    """SIGINT during training: raises KeyboardInterrupt at once while a step computes its loss and gradients
-    (nothing has changed yet), and is held back while the step updates the state; a second Ctrl-C is not.
-    Active only in the main thread and when SIGINT has Python's default handler."""
+    """SIGINT, SIGTERM or SIGHUP during training raise KeyboardInterrupt("received SIGTERM", ...): at once while a
+    step computes its loss and gradients (nothing has changed yet); held back (`pending`, `reason`) while the step
+    updates the state, inside `deferred()`; a second signal is not held back. Each signal is handled only in the main
+    thread and where it has its default handler (Python's for SIGINT, the system's for the others: a handler
+    someone installed is left alone, and a process started under nohup keeps ignoring SIGHUP)."""
 
     def __init__(self) -> None:
         self.pending = False
+        self.reason = "received SIGINT"
         self._critical = False
-        self._installed = False
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _InterruptGuard:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
+        if threading.current_thread() is threading.main_thread():
+            for number in _STOP_SIGNALS:
+                default = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
+                if signal.getsignal(number) == default:
+                    self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        reason = f"received {signal.Signals(signum).name}"
         if self._critical and not self.pending:
-            self.pending = True
+            self.pending, self.reason = True, reason
             return
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(reason)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:

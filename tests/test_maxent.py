@@ -7,7 +7,13 @@ run that must converge (the 1-D Gaussian) takes about ten seconds on one thread.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,6 +303,130 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         fit_maxent(mixture_flow(), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path, lr=0.5, **RESUMABLE)
 
 
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [("estimator", r"_distribution\.estimator: 'pathwise' there, 'exact' now"),
+     ("temperature", r"_distribution\.temperature: 0\.5 there, 0\.9 now")],
+)  # fmt: skip
+def test_resuming_into_a_flow_with_another_estimator_or_temperature_is_refused(tmp_path, change, match):
+    # neither estimator anneals τ ("auto" does so for Gumbel estimators only), so τ is the model's own setting
+    fit_maxent(mixture_flow("pathwise"), moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
+    other = mixture_flow("exact" if change == "estimator" else "pathwise")
+    if change == "temperature":
+        other._distribution.temperature = 0.9
+    with pytest.raises(ValueError, match=rf"model built with other settings.*{match}"):
+        fit_maxent(other, moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
+    assert other._distribution.temperature == (0.9 if change == "temperature" else 0.5)
+    fit_maxent(mixture_flow("pathwise"), moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
+
+
+def _a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a directory\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_directory", "match"),
+    [
+        pytest.param(lambda tmp: "", r"checkpoint_dir='' .*current directory", id="empty-string"),
+        pytest.param(_a_file, r"notes\.txt is a file, not a directory", id="a-file"),
+        pytest.param(lambda tmp: _a_file(tmp) / "run", r"run lies under .*notes\.txt, a file", id="under-a-file"),
+        pytest.param(
+            lambda tmp: 3, r"checkpoint_dir must be a path \(str or os\.PathLike\) or None; got int", id="int"
+        ),
+    ],
+)
+def test_a_bad_checkpoint_dir_is_refused_before_any_work(tmp_path, monkeypatch, make_directory, match):
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    statistic = InterruptingMoments()
+    with pytest.raises(ValueError, match=match):
+        fit_maxent(mixture_flow(), statistic, FAR_TARGET, checkpoint_dir=make_directory(tmp_path), **SMOKE)
+    assert statistic.calls == 0  # refused before the probe and the initial test batches
+    assert list(working.iterdir()) == []
+
+
+# a child process running fit_maxent that says so in the file `ready` at its `at`-th statistic call and waits there
+# until the parent has sent it a signal (file `sent`)
+SIGNALLED_CHILD = """
+import json, signal, sys, time
+from pathlib import Path
+import torch
+from mog_flows import build_flow
+from mog_flows.maxent import fit_maxent
+
+spec = json.loads(sys.argv[1])
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+torch.set_num_threads(1)
+flow = build_flow(1, **spec["flow"])
+flow.load_state_dict(torch.load(spec["state"], weights_only=True))
+calls = [0]
+
+def moments(x):  # the name is part of the run's settings
+    calls[0] += 1
+    if calls[0] == spec["at"]:
+        Path(spec["ready"]).touch()
+        for _ in range(1200):
+            if Path(spec["sent"]).exists():
+                break
+            time.sleep(0.05)
+    return torch.cat([x, x * x], dim=-1)
+
+try:
+    fit_maxent(flow, moments, torch.tensor(spec["target"]), checkpoint_dir=spec["directory"], **spec["arguments"])
+except KeyboardInterrupt as error:
+    print("interrupted:", error, *getattr(error, "__notes__", []))
+    sys.exit(3)
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
+def test_sigterm_and_sighup_stop_the_run_like_ctrl_c_and_it_resumes_exactly(tmp_path, signum):
+    # a preempted job keeps the state of its last completed epoch and resumes from it
+    flow = mixture_flow("pathwise")
+    torch.save(flow.state_dict(), tmp_path / "initial.pt")
+    reference = fit_maxent(copy.deepcopy(flow), moments, FAR_TARGET, **RESUMABLE)
+    ready, sent, directory = tmp_path / "ready", tmp_path / "sent", tmp_path / "run"
+    spec = dict(
+        flow=dict(base="mog", transform="maf", num_layers=1, hidden_features=8, num_components=3, estimator="pathwise"),
+        state=str(tmp_path / "initial.pt"),
+        at=25,  # calls: 1 probe, 2 initial test batches, then per epoch 10 steps + 2 test batches: epoch 2
+        target=FAR_TARGET.tolist(),
+        directory=str(directory),
+        arguments=RESUMABLE,
+        ready=str(ready),
+        sent=str(sent),
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGNALLED_CHILD, json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), child.communicate(timeout=60)[1]
+        child.send_signal(signum)
+        sent.touch()
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 3, f"exit code {child.returncode}; stderr: {err[-2000:]}"
+    assert f"received {signal.Signals(signum).name}" in out and "resume" in out
+    assert torch.load(directory / "latest.pt", weights_only=True)["step"] == 10
+    fresh = mixture_flow("pathwise", seed=1)
+    resumed = fit_maxent(fresh, moments, FAR_TARGET, checkpoint_dir=directory, **RESUMABLE)
+    assert resumed.entropy == reference.entropy and torch.equal(resumed.multipliers, reference.multipliers)
+    assert resumed.history.entropy == reference.history.entropy
+
+
 @pytest.mark.parametrize(("penalty", "max_penalty", "expected"), [(1.0, 3.0, 3.0), (1.0, 8.0, 4.0), (3.0, 3.0, 3.0)])
 def test_max_penalty_caps_the_growth_of_c(penalty, max_penalty, expected):
     previous = penalty_statistics(residual_batches([1.0, 1.0], seed=1), "split")
@@ -379,6 +509,36 @@ def test_bad_input_is_refused(statistic, target, make_flow, kwargs, match):
     for name, value in before.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(flow.state_dict()[name], value)
+
+
+class BadFrom:
+    """T(x) = (x, x²) with `value` in the first `rows` rows from call `at` on."""
+
+    def __init__(self, at: int, rows: int, value: float) -> None:
+        self.at, self.rows, self.value, self.calls = at, rows, value, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        values = moments(x)
+        if self.calls >= self.at:
+            values = torch.cat([torch.full_like(values[: self.rows], self.value), values[self.rows :]])
+        return values
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize(
+    ("at", "where"),
+    [
+        (1, r"for 3 of 4 samples of the initial flow"),
+        (2, r"for 3 of 16 samples in the test batches before the first step"),
+        (6, r"for 3 of 16 samples at step 3 of 6"),  # calls: 1 probe, 2 test batches, then one per step
+    ],
+    ids=["probe", "initial-test-batches", "step-3"],
+)
+def test_a_statistic_that_returns_nan_or_inf_is_named_instead_of_the_learning_rate(at, where, value):
+    with pytest.raises(ValueError, match=rf"statistic returned NaN or inf {where}") as info:
+        fit_maxent(mixture_flow(), BadFrom(at, 3, value), [0.0, 1.0], **SMOKE)
+    assert "lr" not in str(info.value) and "diverged" not in str(info.value)
 
 
 def test_a_flow_that_is_not_a_distribution_is_refused():

@@ -12,7 +12,12 @@ import io
 import json
 import math
 import os
+import re
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +28,8 @@ from mog_flows import MixtureOfGaussians, build_flow
 from mog_flows.training import (
     AFFINE_FLOW_INIT_SCALE_FACTOR,
     BASE_LR_FACTOR,
+    BLOWUP_FACTOR,
+    BLOWUP_STEPS,
     History,
     TrainingDivergedError,
     fit,
@@ -275,6 +282,115 @@ def test_two_interruptions_and_a_finished_run(tmp_path):
     assert again.train_loss == history.train_loss
 
 
+# a child process that trains until its `at`-th training call of log_prob ("loss") or its `at`-th parameter update
+# ("update"), says so in the file `ready`, and waits there until the parent has sent it a signal (file `sent`)
+SIGNALLED_CHILD = """
+import json, signal, sys, time
+from pathlib import Path
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from mog_flows import build_flow
+from mog_flows.training import fit
+
+spec = json.loads(sys.argv[1])
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as under a terminal, even when the tests run under nohup
+torch.set_num_threads(1)
+flow = build_flow(2, **spec["flow"])
+flow.load_state_dict(torch.load(spec["state"], weights_only=True))
+x = torch.load(spec["data"], weights_only=True)
+calls = [0]
+
+def wait_for_the_signal():
+    Path(spec["ready"]).touch()
+    for _ in range(1200):  # a handler that raises ends this wait; one that defers lets it finish
+        if Path(spec["sent"]).exists():
+            return
+        time.sleep(0.05)
+    sys.exit("no signal came")
+
+if spec["phase"] == "loss":
+    original = flow.log_prob
+
+    def log_prob(x, context=None):
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] == spec["at"]:
+                wait_for_the_signal()
+        return original(x, context=context)
+
+    flow.log_prob = log_prob
+else:
+    def pre_step(optimizer, args, kwargs):
+        calls[0] += 1
+        if calls[0] == spec["at"]:
+            wait_for_the_signal()
+
+    register_optimizer_step_pre_hook(pre_step)
+try:
+    fit(flow, x, checkpoint_dir=spec["directory"], **spec["arguments"])
+except KeyboardInterrupt as error:
+    print("interrupted:", error, *getattr(error, "__notes__", []))
+    sys.exit(3)
+print("finished")
+"""
+
+
+def run_signalled_child(code: str, spec: dict, signum: int, tmp_path: Path) -> str:
+    """Run `code` with `spec` in a subprocess, send it `signum` once it says it is ready; return its stdout."""
+    ready, sent = tmp_path / "ready", tmp_path / "sent"
+    spec = {**spec, "ready": str(ready), "sent": str(sent)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), child.communicate(timeout=60)[1]
+        child.send_signal(signum)
+        sent.touch()
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 3, f"exit code {child.returncode}; stderr: {err[-2000:]}"
+    return out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize(("phase", "saved_step"), [("loss", 6), ("update", 7)])
+def test_sigterm_and_sighup_save_at_the_step_boundary_and_resume_exactly(tmp_path, signum, phase, saved_step):
+    # a preempted job: the scheduler sends SIGTERM (a closed terminal SIGHUP) while step 7 computes its loss, or
+    # while it updates the parameters (the update completes first); the run resumes where it was stopped
+    x = data_tensor(500)
+    arguments = dict(steps=STEPS, batch_size=BATCH, lr=3e-3, seed=3, checkpoint_every=EVERY, progress=False)
+    reference = make_flow()
+    torch.save(reference.state_dict(), tmp_path / "initial.pt")
+    torch.save(x, tmp_path / "data.pt")
+    expected = fit(reference, x, **arguments)
+
+    directory = tmp_path / "run"
+    spec = dict(
+        flow=SMALL,
+        state=str(tmp_path / "initial.pt"),
+        data=str(tmp_path / "data.pt"),
+        phase=phase,
+        at=7,
+        directory=str(directory),
+        arguments=arguments,
+    )
+    out = run_signalled_child(SIGNALLED_CHILD, spec, signum, tmp_path)
+    assert f"received {signal.Signals(signum).name}" in out and "resume" in out
+    checkpoint = torch.load(directory / "latest.pt", weights_only=True)
+    assert checkpoint["step"] == saved_step == len(checkpoint["history"]["train_loss"])
+
+    model = make_flow(seed=4)  # other initial parameters: everything must come from the checkpoint
+    resumed = fit(model, x, checkpoint_dir=directory, **arguments)
+    assert_same_parameters(reference, model)
+    assert resumed.train_loss == expected.train_loss
+
+
 def test_checkpoint_layout(tmp_path):
     x, val = data_tensor(500), data_tensor(200, seed=2)
     model = make_flow()
@@ -310,6 +426,52 @@ def test_resuming_with_other_arguments_is_refused(tmp_path, change):
         fit(make_flow(), x, checkpoint_dir=tmp_path, **{**arguments, **change})
     with pytest.raises(ValueError, match="data"):
         fit(make_flow(), data_tensor(300, seed=9), checkpoint_dir=tmp_path, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (dict(estimator="gumbel-nested"), r"_distribution\.estimator: 'exact' there, 'gumbel-nested' now"),
+        (dict(temperature=0.7), r"_distribution\.temperature: 0\.5 there, 0\.7 now"),
+    ],
+    ids=["estimator", "temperature"],
+)
+@pytest.mark.parametrize("model", ["flow", "mixture"])
+def test_resuming_into_a_model_with_another_estimator_or_temperature_is_refused(tmp_path, change, match, model):
+    # the checkpoint holds the mixture's estimator and τ: loading it would silently replace the caller's
+    def build(**kwargs):
+        torch.manual_seed(0)
+        return make_flow(**kwargs) if model == "flow" else MixtureOfGaussians(2, 3, **kwargs)
+
+    x = data_tensor(300)
+    arguments = dict(steps=4, batch_size=BATCH, checkpoint_every=2, checkpoint_dir=tmp_path, progress=False)
+    fit(build(), x, **arguments)
+    other = build(**change)
+    if model == "mixture":
+        match = match.replace("_distribution", "model")
+    with pytest.raises(ValueError, match=rf"model built with other settings.*{match}"):
+        fit(other, x, **arguments)
+    mixture = other if model == "mixture" else other._distribution
+    assert (mixture.estimator, mixture.temperature) == (
+        change.get("estimator", "exact"),
+        change.get("temperature", 0.5),
+    )
+    fit(build(), x, **arguments)  # the model it was written by resumes (here: a finished run)
+
+
+def test_a_run_with_a_temperature_schedule_resumes_whatever_the_model_s_temperature(tmp_path):
+    # under a schedule τ is set at every step, so the checkpoint's annealed τ is not compared with the model's
+    x = data_tensor(300)
+    arguments = dict(steps=6, batch_size=BATCH, checkpoint_every=2, temperature_schedule=(1.0, 0.1), progress=False)
+    reference, model = make_flow(), make_flow()
+    fit(reference, x, **arguments)
+    raise_in_log_prob(model, 4, raise_(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, x, checkpoint_dir=tmp_path, **arguments)
+    fresh = make_flow(seed=4, temperature=0.5)
+    fit(fresh, x, checkpoint_dir=tmp_path, **arguments)
+    assert_same_parameters(reference, fresh)
+    assert fresh._distribution.temperature == pytest.approx(0.1)
 
 
 def _first_step_sizes(model: nn.Module, **arguments) -> dict[str, torch.Tensor]:
@@ -370,6 +532,73 @@ def test_a_checkpoint_written_before_base_lr_factor_resumes_as_a_run_with_factor
 
 
 # ------------------------------------------------------------------------------------------------ refused input
+def _a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a directory\n")
+    return path
+
+
+BAD_CHECKPOINT_DIRS = [
+    pytest.param(lambda tmp: "", r"checkpoint_dir='' .*current directory", id="empty-string"),
+    pytest.param(_a_file, r"checkpoint_dir .*notes\.txt is a file, not a directory", id="a-file"),
+    pytest.param(
+        lambda tmp: _a_file(tmp) / "run", r"checkpoint_dir .*run lies under .*notes\.txt, a file", id="under-a-file"
+    ),
+    pytest.param(lambda tmp: 3, r"checkpoint_dir must be a path \(str or os\.PathLike\) or None; got int", id="int"),
+    pytest.param(lambda tmp: [str(tmp)], r"checkpoint_dir must be a path .*; got list", id="list"),
+    pytest.param(lambda tmp: str(tmp).encode(), r"checkpoint_dir must be a path .*; got bytes", id="bytes"),
+]
+
+
+@pytest.mark.parametrize("make_directory, match", BAD_CHECKPOINT_DIRS)
+def test_a_bad_checkpoint_dir_is_refused_before_any_work(tmp_path, monkeypatch, make_directory, match):
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)  # checkpoint_dir="" must not train into the current directory
+
+    def initialize_from_data(*args, **kwargs):
+        raise AssertionError("the base was initialised before checkpoint_dir was checked")
+
+    monkeypatch.setattr(MixtureOfGaussians, "initialize_from_data", initialize_from_data)
+    directory = make_directory(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        fit(make_flow(), data_tensor(100), steps=2, batch_size=BATCH, checkpoint_dir=directory, progress=False)
+    assert list(working.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs a sysfs at /sys")
+@pytest.mark.parametrize("under", [False, True], ids=["the-directory", "its-parent"])
+def test_an_unwritable_checkpoint_dir_is_refused_before_any_work(monkeypatch, under):
+    # root may write into a chmod-ed directory, not into sysfs: the check is a real write
+    try:
+        handle = open("/sys/mog_flows-probe", "w")
+    except OSError:
+        pass
+    else:
+        handle.close()
+        os.unlink("/sys/mog_flows-probe")
+        pytest.skip("/sys is writable here")
+
+    def initialize_from_data(*args, **kwargs):
+        raise AssertionError("the base was initialised before checkpoint_dir was checked")
+
+    monkeypatch.setattr(MixtureOfGaussians, "initialize_from_data", initialize_from_data)
+    directory = Path("/sys/mog_flows-run") if under else Path("/sys")
+    with pytest.raises(ValueError, match=r"cannot write into /sys.*(Permission denied|Read-only|Errno)"):
+        fit(make_flow(), data_tensor(100), steps=2, batch_size=BATCH, checkpoint_dir=directory, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("model", ["flow", "mixture"])
+def test_a_half_precision_model_is_refused(dtype, model):
+    # Adam's moments in half precision underflow and the run "diverges" at its second step
+    model = (make_flow() if model == "flow" else MixtureOfGaussians(2, 3)).to(dtype)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=re.escape(f"parameters are {dtype}") + ".*train in float32 and cast"):
+        fit(model, data_tensor(100).to(dtype), steps=3, batch_size=BATCH, progress=False)
+    assert_same_state(model.state_dict(), state)
+
+
 def test_non_finite_data_is_refused(tmp_path):
     x = data_tensor(100)
     x[17, 1] = float("nan")
@@ -502,6 +731,87 @@ def test_a_huge_learning_rate_diverges_with_a_clear_error(tmp_path):
     assert load_checkpoint(tmp_path / "latest.pt", restored)["step"] == 0  # the initialised state
     assert all(torch.isfinite(p).all() for p in restored.parameters())
     assert torch.isfinite(restored.log_prob(data_tensor(10))).all()
+
+
+def test_a_loss_that_explodes_but_stays_finite_stops_the_run(tmp_path):
+    # data in units of 1e-30: the loss goes from about -35 to ~1e12 within a few steps and stays finite
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step \d+ of 30: the minibatch loss .* above") as info:
+        fit(
+            make_flow(),
+            data_tensor(500) * 1e-30,
+            steps=30,
+            batch_size=BATCH,
+            checkpoint_every=100,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    assert info.value.step <= 10 and info.value.checkpoint == tmp_path / "latest.pt"
+    assert "standardised data" in str(info.value)
+    restored = make_flow(seed=4)
+    assert load_checkpoint(tmp_path / "latest.pt", restored)["step"] == 0  # the initialised state
+    assert torch.isfinite(restored.log_prob(data_tensor(10) * 1e-30)).all()
+
+
+def shift_loss(model: nn.Module, calls_shifted: set[int], shift: float) -> None:
+    """Add `shift` to the training loss (subtract it from log_prob) at the given training calls; gradients are
+    unchanged, so the trajectory is that of the plain run."""
+    original, calls = model.log_prob, [0]
+
+    def log_prob(x, context=None):
+        log_p = original(x, context=context)
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] in calls_shifted:
+                return log_p - shift
+        return log_p
+
+    model.log_prob = log_prob
+
+
+@pytest.mark.parametrize("blown", [BLOWUP_STEPS - 1, BLOWUP_STEPS], ids=["shorter", "sustained"])
+def test_a_blow_up_must_be_sustained_for_blowup_steps(tmp_path, blown):
+    # the loss jumps far above the best so far at steps 5, 6 (, 7): a few bad minibatches pass, a sustained
+    # blow-up stops the run; checkpoints are not written while the loss is blown up
+    assert BLOWUP_STEPS == 3
+    x = data_tensor(300)
+    arguments = dict(steps=STEPS, batch_size=BATCH, checkpoint_every=EVERY, checkpoint_dir=tmp_path, progress=False)
+    reference = make_flow()
+    expected = fit(reference, x, **{**arguments, "checkpoint_dir": None})
+    model = make_flow()
+    shift = 10 * BLOWUP_FACTOR * (1 + max(abs(v) for v in expected.train_loss))
+    shift_loss(model, set(range(5, 5 + blown)), shift)
+    if blown < BLOWUP_STEPS:
+        history = fit(model, x, **arguments)
+        assert_same_parameters(reference, model)
+        assert history.train_loss[4] == pytest.approx(expected.train_loss[4] + shift)
+        assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == STEPS
+        return
+    with pytest.raises(TrainingDivergedError, match=rf"diverged at step 7 of {STEPS}: .*3 steps in a row") as info:
+        fit(model, x, **arguments)
+    assert info.value.step == 7
+    # step 5 was a checkpoint step, but its loss was already blown up: latest.pt holds step 0
+    assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 0
+
+
+def sustained_blowup_ratio(losses: list[float]) -> float:
+    """The largest r such that the loss stayed r · (1 + |best so far|) above the best so far for BLOWUP_STEPS
+    steps in a row: the run stops when this exceeds BLOWUP_FACTOR."""
+    best, ratios = losses[0], []
+    for loss in losses[1:]:
+        ratios.append((loss - best) / (1 + abs(best)))
+        best = min(best, loss)
+    return max(min(ratios[i : i + BLOWUP_STEPS]) for i in range(len(ratios) - BLOWUP_STEPS + 1))
+
+
+def test_ordinary_training_stays_far_from_the_blow_up_threshold():
+    # a 2-D NSF over a mixture base on eight Gaussians, at the defaults but for the batch size
+    from mog_flows.datasets import make_splits
+
+    train, _, _ = make_splits("eight_gaussians", 5000, 10, 10, seed=0)
+    torch.manual_seed(0)
+    flow = build_flow(2, transform="nsf", num_components=8)
+    history = fit(flow, train, steps=300, batch_size=256, progress=False)
+    assert sustained_blowup_ratio(history.train_loss) < BLOWUP_FACTOR / 100
 
 
 # ------------------------------------------------------------------------------------------ corrupt checkpoints

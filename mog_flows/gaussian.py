@@ -21,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "LOG_2PI",
     "GaussianComponents",
+    "accumulation_dtype",
     "packed_size",
     "unpack_precision_factor",
     "pack_precision_factor",
@@ -32,19 +33,34 @@ __all__ = [
 
 LOG_2PI = math.log(2 * math.pi)
 
-# The expanded diagonal quadratic form  Σ p x² - 2 Σ p x μ + Σ p μ²  loses accuracy when its terms are much
-# larger than their sum. A row is recomputed by the direct formula when the terms exceed this multiple of
-# (1 + result): the expansion's rounding error then stays within ~1e-5 (1 + result) in float32.
-_EXPANSION_GUARD = 24.0
+# Rounding. The kernels for components shared by the batch expand the quadratic form,
+#     ‖y - m_k‖²_P = ‖y‖²_P - 2⟨y, m_k⟩_P + ‖m_k‖²_P  (diagonal)   or   U_k y - U_k m_k  (full),
+# with y = x - c and m_k = μ_k - c centred on the mean location c, so that one matrix product scores every pair
+# (n, k). Expansions cancel when their terms are much larger than the result (a narrow component far from c), so
+# they accumulate in a wider dtype than their inputs (`accumulation_dtype`: float32 in float64, half precision in
+# float32): a pair whose terms stay below G (1 + result) then rounds by at most ~4 G u_wide (1 + result), with
+# G = u_out / (32 u_wide) an eighth of one rounding of the returned value (torch.distributions' direct formula
+# makes a few). The few rows with a pair beyond G are recomputed by the direct formula on the uncentred inputs
+# (x - μ_k first). Float64 inputs have no wider dtype: there G = `_MIN_GUARD`, an error below ~1e-14 (1 + result).
+_MIN_GUARD = 24.0
 
 # Below this many (point, component, feature) triples the direct formula costs less than the expansion's
 # few dozen small operations (and needs no guard).
 _DIRECT_ENTRIES = 2**13
 
-# The full-covariance kernel works on blocks of rows holding about this many whitened entries (N·K·D), 16 MiB in
-# float32: small enough to stay in the last-level cache, large enough that a call launches few operations (each one
+# The full-covariance kernel works on blocks of rows holding about this many bytes of whitened entries (N·K·D):
+# small enough to stay in the last-level cache, large enough that a call launches few operations (each one
 # synchronises torch's threads, which costs a scheduler tick whenever other processes hold the cores).
-_BLOCK_ENTRIES = 2**22
+_BLOCK_BYTES = 2**24
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the shared-component kernels accumulate in for inputs of `dtype`: one step wider, up to float64."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _guard(dtype: torch.dtype, wide: torch.dtype) -> float:
+    return max(_MIN_GUARD, torch.finfo(dtype).eps / (32 * torch.finfo(wide).eps))
 
 
 def packed_size(features: int) -> int:
@@ -79,113 +95,49 @@ def diagonal_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
     return -0.5 * z.square().sum(-1) - log_scale.sum(-1) - 0.5 * x.shape[-1] * LOG_2PI
 
 
-def _quadratic_features(x: Tensor, centre: Tensor, *, differentiable: bool = False) -> Tensor:
-    """(y_1², y_1, …, y_D², y_D, 1) per row of the centred points y = x - centre: x (N, D), centre (D,) -> (N, 2D + 1).
-
-    Each square sits next to its coordinate, so a matrix product accumulates the two terms of one coordinate
-    one after the other, which rounds more tightly than all squares first. The default writes the features in
-    place without autograd (the kernels below differentiate through them by hand), in three operations.
-    """
-    num_points, features = x.shape
-    if differentiable:
-        y = x - centre
-        paired = torch.stack([y * y, y], dim=-1).flatten(-2)  # (N, D, 2) -> (N, 2D)
-        return torch.cat([paired, torch.ones_like(y[:, :1])], dim=-1)
-    with torch.no_grad():
-        out = x.new_empty(num_points, 2 * features + 1)
-        centred = torch.sub(x, centre, out=out[:, 1 : 2 * features : 2])
-        torch.mul(centred, centred, out=out[:, 0 : 2 * features : 2])
-        out[:, 2 * features] = 1
-    return out
-
-
-def _diagonal_coefficients(square: Tensor, linear: Tensor, constant: Tensor) -> Tensor:
-    """Coefficients (2D + 1, K) of `_quadratic_features` from square (K, D), linear (K, D) and constant (K,) terms."""
-    paired = torch.stack([square, linear], dim=-1).flatten(-2)  # (K, D, 2) -> (K, 2D)
-    return torch.cat([paired, constant.unsqueeze(-1)], dim=-1).T.contiguous()
-
-
-class _QuadraticForm(torch.autograd.Function):
-    """features @ coefficients with features = `_quadratic_features(x, centre)` (N, 2D + 1) and coefficients
-    (2D + 1, K) -> (N, K).
-
-    The features are built outside autograd; the backward pass carries their gradient to x by hand,
-    ∂/∂x_d = 2 y_d ∂/∂(y_d²) + ∂/∂y_d with y = x - centre (a constant), so no (N, 2D + 1) graph is recorded.
-    """
-
-    @staticmethod
-    def forward(x: Tensor, centre: Tensor, features: Tensor, coefficients: Tensor) -> Tensor:
-        return features @ coefficients
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, centre, features, coefficients = inputs
-        ctx.save_for_backward(x, centre, features, coefficients)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, centre, features, coefficients = ctx.saved_tensors
-        need_x, _, _, need_coefficients = ctx.needs_input_grad
-        if torch.is_grad_enabled():  # double backward: features as a differentiable function of x
-            features = _quadratic_features(x, centre, differentiable=True)
-        grad_x = grad_coefficients = None
-        if need_coefficients:
-            grad_coefficients = features.T @ grad  # (2D + 1, N) @ (N, K)
-        if need_x:
-            per_feature = grad @ coefficients[:-1].T  # (N, 2D): gradients w.r.t. y_d² and y_d, interleaved
-            grad_x = 2 * features[:, 1:-1:2] * per_feature[:, 0::2] + per_feature[:, 1::2]
-        return grad_x, None, None, grad_coefficients
-
-
 def diagonal_log_prob_shared(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
     """log N(x_n; μ_k, diag σ_k²) for components shared by the batch: x (N, D), loc, log_scale (K, D) -> (N, K).
 
-    The quadratic form is expanded into one matrix product, with P = σ⁻²,
+    With P = σ⁻² and y, m centred on the mean location, the quadratic form is two matrix products,
 
-        log N(x; μ, σ) = Σ_d (-½ P_d x_d² + μ_d P_d x_d) - ½ Σ_d μ_d² P_d - Σ_d log σ_d - (D/2) log 2π,
+        Σ_d P_kd (y_nd - m_kd)² = [y²] Pᵀ - 2 y (P m)ᵀ + Σ_d P_kd m_kd²,
 
-    so no (N, K, D) tensor is formed. Inputs are centred on the mean component location first, and rows where
-    the expansion could cancel catastrophically are recomputed by the direct formula (see `_EXPANSION_GUARD`).
-    Small problems (N·K·D ≤ `_DIRECT_ENTRIES`) use the direct formula throughout.
+    so no (N, K, D) tensor is formed; it accumulates in `accumulation_dtype` and rows where it could still cancel are
+    recomputed by the direct formula (see "Rounding" above). Small problems use the direct formula throughout.
     """
-    features = x.shape[-1]
-    if x.shape[0] * loc.shape[0] * features <= _DIRECT_ENTRIES:
-        return diagonal_log_prob(x, loc, log_scale)
+    dtype, wide = x.dtype, accumulation_dtype(x.dtype)
+    x, loc, log_scale = x.to(wide), loc.to(wide), log_scale.to(wide)
+    num_points, features = x.shape
+    if num_points * loc.shape[0] * features <= _DIRECT_ENTRIES:
+        return diagonal_log_prob(x, loc, log_scale).to(dtype)
     centre = loc.detach().mean(0)
-    loc = loc - centre
+    y, m = x - centre, loc - centre
     precision = torch.exp(-2 * log_scale)  # (K, D)
-    loc_term = (loc * loc * precision).sum(-1)  # Σ_d μ_d² P_d: (K,)
+    weighted_loc = precision * m
+    square = (y * y) @ precision.T  # ‖y‖²_P: (N, K)
+    loc_term = (m * weighted_loc).sum(-1)  # ‖m‖²_P: (K,)
+    quad = torch.addmm(square + loc_term, y, weighted_loc.T, alpha=-2)  # ‖y - m‖²_P
     normalizer = -log_scale.sum(-1) - 0.5 * features * LOG_2PI  # (K,)
-    inputs = _quadratic_features(x, centre)  # (N, 2D + 1), of the centred points
-    coefficients = _diagonal_coefficients(-0.5 * precision, loc * precision, normalizer - 0.5 * loc_term)
-    log_p = _QuadraticForm.apply(x, centre, inputs, coefficients)  # (N, K)
-    rows = _cancelling_rows(inputs, loc.detach(), precision.detach(), loc_term.detach())
-    if rows is not None:
-        z = ((x[rows] - centre).unsqueeze(-2) - loc) * torch.exp(-log_scale)  # (R, 1, D) - (K, D) -> (R, K, D)
-        log_p = log_p.index_put((rows,), normalizer - 0.5 * z.square().sum(-1))
-    return log_p
+    log_p = torch.add(normalizer, quad, alpha=-0.5)
+    # terms ‖y‖²_P + ‖m‖²_P ≤ (‖y - m‖_P + ‖m‖_P)² + ‖m‖²_P stay below G (1 + result) for every y unless
+    # ‖m‖²_P > G/4 (G ≥ 2): only such components are tested. Trained mixtures have none.
+    guard = _guard(dtype, wide)
+    with torch.no_grad():
+        far = (loc_term > guard / 4).nonzero().squeeze(-1)
+    if len(far):
+        rows = _rows_beyond(square[:, far] + loc_term[far], quad[:, far], guard)
+        if rows is not None:
+            log_p = log_p.index_put((rows,), diagonal_log_prob(x[rows], loc, log_scale))
+    return log_p.to(dtype)
 
 
 @torch.no_grad()
-def _cancelling_rows(inputs: Tensor, loc: Tensor, precision: Tensor, loc_term: Tensor) -> Tensor | None:
-    """Indices of the rows where, for some k, the expansion's terms Σ P x² + Σ P μ² exceed G (1 + quad), or None;
-    inputs are the quadratic features (N, 2D + 1) of the centred points x, loc the centred locations (K, D).
-
-    Only components with Σ P μ² > G/4 can qualify: ‖x‖_P ≤ ‖x - μ‖_P + ‖μ‖_P bounds the terms by
-    quad + 2 √(quad Σ P μ²) + 2 Σ P μ², which stays below G (1 + quad) for every x when Σ P μ² ≤ G/4 (G > 2).
-    For the others the test, (1 - G)(Σ P x² + Σ P μ²) + 2G Σ P x μ - G > 0, is one more matrix product.
-    """
-    guard = _EXPANSION_GUARD
-    far = (loc_term > guard / 4).nonzero().squeeze(-1)
-    if len(far) == 0:
+def _rows_beyond(terms: Tensor, result: Tensor, guard: float) -> Tensor | None:
+    """Indices of the rows n where terms_nk > G (1 + result_nk) for some column k, or None; terms, result (N, K')."""
+    if terms.numel() == 0:
         return None
-    precision, loc, loc_term = precision[far], loc[far], loc_term[far]
-    test = inputs @ _diagonal_coefficients(
-        (1 - guard) * precision, 2 * guard * loc * precision, (1 - guard) * loc_term - guard
-    )
-    if test.numel() == 0 or not bool(test.max() > 0):
-        return None
-    return (test.amax(-1) > 0).nonzero().squeeze(-1)
+    flagged = (terms > guard * (1 + result)).any(-1)
+    return flagged.nonzero().squeeze(-1) if bool(flagged.any()) else None
 
 
 def full_log_prob(x: Tensor, loc: Tensor, factor: Tensor) -> Tensor:
@@ -196,8 +148,8 @@ def full_log_prob(x: Tensor, loc: Tensor, factor: Tensor) -> Tensor:
     return -0.5 * whitened.square().sum(-1) + log_det - 0.5 * x.shape[-1] * LOG_2PI
 
 
-def _block_rows(columns: int) -> int:
-    return max(1, _BLOCK_ENTRIES // max(columns, 1))
+def _block_rows(columns: int, dtype: torch.dtype) -> int:
+    return max(1, _BLOCK_BYTES // (max(columns, 1) * torch.finfo(dtype).bits // 8))
 
 
 def _whitened_log_prob(features: Tensor, weight: Tensor, normalizer: Tensor) -> Tensor:
@@ -217,7 +169,7 @@ class _WhitenedLogProb(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, features: Tensor, weight: Tensor, normalizer: Tensor) -> Tensor:
         num_points, num_components = features.shape[0], normalizer.shape[0]
-        rows = _block_rows(weight.shape[1])
+        rows = _block_rows(weight.shape[1], weight.dtype)
         out = features.new_empty(num_points, num_components)
         buffer = features.new_empty(min(rows, num_points), weight.shape[1])
         for start in range(0, num_points, rows):
@@ -244,9 +196,9 @@ class _WhitenedLogProb(torch.autograd.Function):
         dims = weight.shape[0] - 1
         if torch.is_grad_enabled():  # double backward: features as a differentiable function of x
             features = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=-1)
-        rows = _block_rows(weight.shape[1])
+        rows = _block_rows(weight.shape[1], weight.dtype)
         buffer = None if torch.is_grad_enabled() else features.new_empty(min(rows, len(features)), weight.shape[1])
-        grad_x, grad_weight = [], None
+        grad_x, grad_weight = [], torch.zeros_like(weight) if need_weight else None
         for start in range(0, len(features), rows):
             block = features[start : start + rows]
             n = block.shape[0]
@@ -254,12 +206,11 @@ class _WhitenedLogProb(torch.autograd.Function):
             g = whitened.view(n, -1, num_components) * grad[..., start : start + n, None, :]  # -∂/∂ whitened
             g = g.reshape(*g.shape[:-2], -1)  # (..., n, D·K)
             if need_weight:
-                term = block.T @ g
-                grad_weight = term if grad_weight is None else grad_weight + term
+                grad_weight = grad_weight + block.T @ g
             if need_x:
                 grad_x.append(g @ weight[:dims].T)
         return (
-            -torch.cat(grad_x, dim=-2) if need_x else None,
+            (-torch.cat(grad_x, dim=-2) if grad_x else torch.zeros_like(x)) if need_x else None,
             None,
             -grad_weight if need_weight else None,
             grad.sum(-2) if need_normalizer else None,
@@ -276,20 +227,41 @@ def full_log_prob_shared(x: Tensor, loc: Tensor, factor: Tensor) -> Tensor:
 
     x (N, D), loc (K, D), factor (K, D, D) -> (N, K).
 
-    U_k x - U_k μ_k is computed for all K at once as one matrix product [x, 1] W with W (D + 1, D·K) the stacked
-    factors and offsets, in blocks of rows so that no (N, K, D) tensor is formed or stored (the backward pass
-    recomputes each block); there is no cancellation beyond that of U x - U μ after centring on the mean location.
+    U_k y - U_k m_k (y, m centred on the mean location) is computed for all K at once as one matrix product
+    [y, 1] W with W (D + 1, D·K) the stacked factors and offsets, in blocks of rows so that no (N, K, D) tensor is
+    formed or stored (the backward pass recomputes each block). It accumulates in `accumulation_dtype`; the terms of
+    pair (n, k) are bounded by (‖U_k‖_F ‖y_n‖ + ‖|U_k| |m_k|‖)², and rows where that bound exceeds G (1 + result)
+    are recomputed by the direct formula (see "Rounding" above).
     """
+    dtype, wide = x.dtype, accumulation_dtype(x.dtype)
+    x, loc, factor = x.to(wide), loc.to(wide), factor.to(wide)
     num_components, features = loc.shape
+    if len(x) == 0:
+        return full_log_prob(x, loc, factor).to(dtype)
     centre = loc.detach().mean(0)
-    x, loc = x - centre, loc - centre
+    y, m = x - centre, loc - centre
     with torch.no_grad():
-        inputs = torch.nn.functional.pad(x, (0, 1), value=1.0)  # [x, 1]: (N, D + 1)
-    offset = (factor @ loc.unsqueeze(-1)).squeeze(-1)  # U_k μ_k: (K, D)
-    augmented = torch.cat([factor, -offset.unsqueeze(-1)], dim=-1)  # (K, D, D + 1): rows of [U_k | -U_k μ_k]
+        inputs = torch.nn.functional.pad(y, (0, 1), value=1.0)  # [y, 1]: (N, D + 1)
+    offset = (factor @ m.unsqueeze(-1)).squeeze(-1)  # U_k m_k: (K, D)
+    augmented = torch.cat([factor, -offset.unsqueeze(-1)], dim=-1)  # (K, D, D + 1): rows of [U_k | -U_k m_k]
     weight = augmented.permute(2, 1, 0).reshape(features + 1, features * num_components)  # column d·K + k
     normalizer = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * features * LOG_2PI
-    return _WhitenedLogProb.apply(x, inputs, weight, normalizer)
+    log_p = _WhitenedLogProb.apply(y, inputs, weight, normalizer)
+    guard = _guard(dtype, wide)
+    with torch.no_grad():
+        # entry d of U_k y rounds by ~u Σ_j |U_dj| |y_j| ≤ u ‖U_d‖ ‖y‖: the terms of pair (n, k) are at most
+        # (‖U_k‖_F ‖y_n‖ + ‖|U_k| |m_k|‖)², and no pair of component k can pass G unless its largest (over n) does
+        frobenius = factor.square().sum((-2, -1)).sqrt()  # (K,)
+        loc_bound = (factor.abs() @ m.abs().unsqueeze(-1)).squeeze(-1).norm(dim=-1)  # (K,)
+        norms = y.norm(dim=-1, keepdim=True)  # (N, 1)
+        far = (frobenius * norms.max() + loc_bound > guard**0.5).nonzero().squeeze(-1)
+        rows = None
+        if len(far):
+            terms = (norms * frobenius[far] + loc_bound[far]).square()  # (N, K')
+            rows = _rows_beyond(terms, -2 * (log_p[:, far] - normalizer[far]), guard)
+    if rows is not None:
+        log_p = log_p.index_put((rows,), full_log_prob(x[rows], loc, factor))
+    return log_p.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -350,7 +322,11 @@ class GaussianComponents:
         if self.is_diagonal:
             return self.loc + self.log_scale.exp() * noise
         # x = μ + U⁻¹ ε has covariance U⁻¹U⁻ᵀ = (UᵀU)⁻¹ = Σ: one triangular solve, never an explicit inverse
-        return self.loc + torch.linalg.solve_triangular(self.factor, noise.unsqueeze(-1), upper=True).squeeze(-1)
+        factor = self.factor
+        if noise.dtype in (torch.float16, torch.bfloat16):  # torch has no triangular solve in half precision
+            factor, noise = factor.float(), noise.float()
+        solved = torch.linalg.solve_triangular(factor, noise.unsqueeze(-1), upper=True).squeeze(-1)
+        return self.loc + solved.to(self.loc.dtype)
 
     def split(self, size: int) -> list[GaussianComponents]:
         """Chunks along the component axis."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -12,6 +13,9 @@ __all__ = [
     "check_positive_int",
     "check_positive_number",
     "check_temperature",
+    "temperature_limits",
+    "check_num_samples",
+    "check_like",
     "check_features",
     "check_context",
 ]
@@ -36,11 +40,54 @@ def check_positive_number(name: str, value: float) -> float:
     return value
 
 
-def check_temperature(value: float) -> float:
-    value = float(value)
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0; got {value!r}")
+def temperature_limits(dtype: torch.dtype) -> tuple[float, float]:
+    """(τ_min, τ_max) that relaxed sampling and scoring in `dtype` can hold: √tiny and √max of the dtype, so
+    that 1/τ, τ·|log c| and their products with O(1) logits stay finite (float32: about 1.1e-19 and 1.8e19)."""
+    info = torch.finfo(dtype)
+    return math.sqrt(info.tiny), math.sqrt(info.max)
+
+
+def check_temperature(value: float, dtype: torch.dtype | None = None, name: str = "temperature") -> float:
+    """A real τ > 0 (not a bool or a string), within `temperature_limits(dtype)` when a dtype is given."""
+    if isinstance(value, (bool, str, bytes)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    if dtype is not None:
+        low, high = temperature_limits(dtype)
+        if not low <= value <= high:
+            raise ValueError(
+                f"{name} must lie in [{low:.3g}, {high:.3g}] for {dtype} parameters (Gumbel-softmax logits divided "
+                f"by τ must stay finite); got {value!r}"
+            )
     return value
+
+
+def check_num_samples(value, name: str = "num_samples") -> int:
+    """A positive integer; integer-like values (numpy integers, 0-d integer tensors) are accepted as ints."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer; got {number}")
+    return number
+
+
+def check_like(name: str, tensor: torch.Tensor, reference: torch.Tensor, owner: str = "the model") -> torch.Tensor:
+    """`tensor` must have `reference`'s dtype and device (no silent casts or transfers at the boundary)."""
+    if tensor.dtype != reference.dtype or tensor.device != reference.device:
+        raise ValueError(
+            f"{name} has dtype {tensor.dtype} on {tensor.device} but {owner}'s parameters are {reference.dtype} on "
+            f"{reference.device}; convert it with .to(dtype=..., device=...) or move the model with .to(...)"
+        )
+    return tensor
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import math
 
 import torch
 from nflows.distributions import Distribution, StandardNormal
-from nflows.flows import Flow
+from nflows.flows import Flow as NflowsFlow
 from nflows.nn.nets import ResidualNet
 from nflows.transforms import (
     AffineCouplingTransform,
@@ -25,10 +25,19 @@ from nflows.transforms import (
 from nflows.transforms.splines.rational_quadratic import DEFAULT_MIN_DERIVATIVE
 from torch import nn
 
-from .checks import check_choice, check_positive_int
+from .checks import (
+    check_choice,
+    check_context,
+    check_features,
+    check_like,
+    check_num_samples,
+    check_positive_int,
+    check_positive_number,
+)
 from .mixture import MixtureOfGaussians
+from .nflows_adapters import sample_in_batches
 
-__all__ = ["build_flow", "TRANSFORMS"]
+__all__ = ["build_flow", "Flow", "TRANSFORMS"]
 
 TRANSFORMS = ("nsf", "maf", "realnvp")
 _SCALE_EPSILON = 1e-3
@@ -61,6 +70,73 @@ class _StandardNormal(StandardNormal):
         return torch.randn(*batch, *self._shape, dtype=self._log_z.dtype, device=self._log_z.device)
 
 
+class Flow(NflowsFlow):
+    """nflows' `Flow` with its inputs checked at the boundary: inputs of shape (N, features) and finite, a context
+    exactly when the flow is conditional, of shape (N, context_features), both in the flow's dtype and on its device.
+    An empty batch gives an empty result (with zero gradients); `sample` takes integer-like counts and, with a
+    context, `batch_size`."""
+
+    def __init__(
+        self,
+        transform,
+        distribution,
+        embedding_net: nn.Module | None = None,
+        *,
+        features: int,
+        context_features: int | None,
+    ) -> None:
+        super().__init__(transform, distribution, embedding_net)
+        self.features = features
+        # with an embedding net the context is its input, whose width only the net knows: rows and dtype are checked
+        self.context_features = context_features
+        self._embedded = embedding_net is not None
+
+    def _reference(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    def _checked_inputs(self, inputs, name: str = "inputs") -> torch.Tensor:
+        inputs = check_features(name, torch.as_tensor(inputs), self.features)
+        return check_like(name, inputs, self._reference(), "the flow")
+
+    def _checked_context(self, context, rows: int | None) -> torch.Tensor | None:
+        if context is not None:
+            context = torch.as_tensor(context)
+        if self._embedded:
+            if context is None:
+                raise ValueError("this flow is conditional (it has an embedding net): pass a context")
+            if rows is not None and context.shape[0] != rows:
+                raise ValueError(f"context must have one row per input: {rows} inputs, {context.shape[0]} context rows")
+        else:
+            check_context(context, self.context_features, rows)
+        if context is not None:
+            check_like("context", context, self._reference(), "the flow")
+        return context
+
+    def log_prob(self, inputs, context=None) -> torch.Tensor:
+        inputs = self._checked_inputs(inputs)
+        context = self._checked_context(context, rows=inputs.shape[0])
+        if inputs.shape[0] == 0:
+            # nflows' couplings cannot reshape an empty batch; the empty sum keeps the graph (zero gradients)
+            return inputs.sum(-1) + sum(parameter.sum() for parameter in self.parameters()) * 0
+        return self._log_prob(inputs, context)
+
+    def transform_to_noise(self, inputs, context=None) -> torch.Tensor:
+        inputs = self._checked_inputs(inputs)
+        context = self._checked_context(context, rows=inputs.shape[0])
+        if inputs.shape[0] == 0:
+            return inputs * 1
+        return super().transform_to_noise(inputs, context)
+
+    def sample(self, num_samples, context=None, batch_size=None) -> torch.Tensor:
+        context = self._checked_context(context, rows=None)
+        return sample_in_batches(self._sample, num_samples, context, batch_size)
+
+    def sample_and_log_prob(self, num_samples, context=None):
+        num_samples = check_num_samples(num_samples)
+        context = self._checked_context(context, rows=None)
+        return super().sample_and_log_prob(num_samples, context)
+
+
 def _identity_init(final_layer: nn.Linear, features: int, identity_bias: torch.Tensor) -> None:
     """Zero the last layer and set its bias to `identity_bias` (per-feature parameters) for every feature,
     in nflows' feature-major layout (feature, parameter) of autoregressive and spline conditioners."""
@@ -79,6 +155,7 @@ def _make_base(features, base, num_components, context_features, hidden_features
     if isinstance(base, Distribution):
         if base_kwargs:
             raise ValueError(f"base_kwargs {sorted(base_kwargs)} only apply to base='mog'; a Distribution was given")
+        _check_given_base(base, features, context_features)
         return base
     check_choice("base", base, ("mog", "gaussian"))
     if base == "gaussian":
@@ -87,6 +164,26 @@ def _make_base(features, base, num_components, context_features, hidden_features
         return _StandardNormal([features])
     base_kwargs.setdefault("hidden_features", hidden_features)
     return MixtureOfGaussians(features, num_components, context_features=context_features, **base_kwargs)
+
+
+def _check_given_base(base: Distribution, features: int, context_features: int | None) -> None:
+    """A given base must live in the flow's D and be conditioned as the flow is (where the base says so)."""
+    base_features = getattr(base, "features", None)
+    shape = getattr(base, "_shape", None)  # nflows' StandardNormal and other shaped bases
+    if base_features is None and shape is not None and len(shape) == 1:
+        base_features = int(shape[0])
+    if base_features is not None and base_features != features:
+        raise ValueError(f"the base distribution has {base_features} features but build_flow got features={features}")
+    if isinstance(base, MixtureOfGaussians) and base.context_features != context_features:
+        if base.context_features is None:
+            raise ValueError(
+                f"build_flow(context_features={context_features}) needs a conditional base (nflows passes the context "
+                "to it): build the MixtureOfGaussians with the same context_features, or pass base='mog'"
+            )
+        raise ValueError(
+            f"the base MixtureOfGaussians is conditional with context_features={base.context_features} but "
+            f"build_flow got context_features={context_features}; they must be equal"
+        )
 
 
 def build_flow(
@@ -119,6 +216,10 @@ def build_flow(
     check_positive_int("num_layers", num_layers)
     check_positive_int("hidden_features", hidden_features)
     check_choice("transform", transform, TRANSFORMS)
+    if context_features is not None:
+        check_positive_int("context_features", context_features)
+    check_positive_int("num_bins", num_bins)
+    check_positive_number("tail_bound", tail_bound)
     if transform == "realnvp" and features < 2:
         raise ValueError(f"transform='realnvp' needs features >= 2 (it splits the features); got {features}")
     distribution = _make_base(features, base, num_components, context_features, hidden_features, dict(base_kwargs))
@@ -136,7 +237,7 @@ def build_flow(
             if isinstance(layer, Permutation):
                 net = net[layer._permutation]  # x[:, p1][:, p2] = x[:, p1[p2]]
         layers.append(Permutation(torch.argsort(net)))
-    return Flow(CompositeTransform(layers), distribution)
+    return Flow(CompositeTransform(layers), distribution, features=features, context_features=context_features)
 
 
 def _coupling_mask(features: int, index: int) -> torch.Tensor:

@@ -15,8 +15,18 @@ from nflows.distributions import Distribution
 from torch import Tensor, nn
 
 from . import relaxed
-from .checks import check_choice, check_context, check_features, check_finite, check_positive_int, check_temperature
+from .checks import (
+    check_choice,
+    check_context,
+    check_features,
+    check_finite,
+    check_like,
+    check_num_samples,
+    check_positive_int,
+    check_temperature,
+)
 from .gaussian import GaussianComponents, pack_precision_factor, packed_size, unpack_precision_factor
+from .nflows_adapters import sample_in_batches
 
 __all__ = ["MixtureOfGaussians", "COVARIANCES", "ESTIMATORS"]
 
@@ -98,7 +108,12 @@ class MixtureOfGaussians(Distribution):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
+        self._temperature = check_temperature(value, self._parameter_dtype())
+
+    def _parameter_dtype(self) -> torch.dtype:
+        # the dtype relaxed sampling runs in (torch's default before the parameters exist)
+        parameter = next(self.parameters(), None)
+        return torch.get_default_dtype() if parameter is None else parameter.dtype
 
     @property
     def estimator(self) -> str:
@@ -130,7 +145,7 @@ class MixtureOfGaussians(Distribution):
         for covariance="diagonal" (the default), SPD matrices (K, D, D) for covariance="full"."""
         if kwargs.get("context_features") is not None:
             raise ValueError("from_parameters builds an unconditional mixture; context_features must be None")
-        means = torch.as_tensor(means)
+        means = _real_tensor("means", means)
         if means.dim() != 2:
             raise ValueError(f"means must have shape (K, D); got {tuple(means.shape)}")
         base = cls(means.shape[1], means.shape[0], **kwargs)
@@ -144,9 +159,13 @@ class MixtureOfGaussians(Distribution):
         if self.context_net is not None:
             raise ValueError("set_parameters needs an unconditional mixture (context_features=None)")
         K, D = self.num_components, self.features
-        weights = torch.as_tensor(weights, dtype=torch.float64)
-        means = torch.as_tensor(means, dtype=torch.float64)
-        covariances = torch.as_tensor(covariances, dtype=torch.float64)
+        weights = _real_tensor("weights", weights)
+        means = _real_tensor("means", means)
+        covariances = _real_tensor("covariances", covariances)
+        # the sum of K weights rounded to their own dtype may be off by about K ulps
+        weights_tolerance = max(1e-6, 2 * K * _epsilon(weights))
+        covariance_epsilon = _epsilon(covariances)
+        weights, means, covariances = weights.double(), means.double(), covariances.double()
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape ({K},); got {tuple(weights.shape)}")
         if means.shape != (K, D):
@@ -155,9 +174,11 @@ class MixtureOfGaussians(Distribution):
             check_finite(name, value)
         if (weights <= 0).any():
             raise ValueError(f"weights must be positive; got {weights.tolist()}")
-        if abs(weights.sum().item() - 1) > 1e-6:
-            raise ValueError(f"weights must sum to 1; they sum to {weights.sum().item():.8g}")
-        self.logits.copy_(weights.log())
+        if abs(weights.sum().item() - 1) > weights_tolerance:
+            raise ValueError(
+                f"weights must sum to 1 (within {weights_tolerance:.2g}); they sum to {weights.sum().item():.8g}"
+            )
+        self.logits.copy_((weights / weights.sum()).log())
         self.loc.copy_(means)
         if self.covariance == "diagonal":
             if covariances.shape != (K, D):
@@ -170,8 +191,19 @@ class MixtureOfGaussians(Distribution):
         else:
             if covariances.shape != (K, D, D):
                 raise ValueError(f"full covariances must have shape ({K}, {D}, {D}); got {tuple(covariances.shape)}")
-            if not torch.allclose(covariances, covariances.mT, rtol=1e-8, atol=1e-12):
-                raise ValueError("covariances must be symmetric positive definite; got a non-symmetric matrix")
+            # symmetric up to rounding: asymmetry within 8 ulps of the input's dtype, relative to each matrix's scale
+            scale = covariances.abs().amax(dim=(-2, -1))
+            asymmetry = (covariances - covariances.mT).abs().amax(dim=(-2, -1))
+            tolerance = 8 * max(covariance_epsilon, 2.0**-23) * scale
+            if (asymmetry > tolerance).any():
+                bad = (asymmetry > tolerance).nonzero().flatten().tolist()
+                worst = (asymmetry / scale).max().item()
+                relative = tolerance.max().item() / scale.max().item()
+                raise ValueError(
+                    f"covariances must be symmetric positive definite; components {bad} are not symmetric "
+                    f"(largest |Σ - Σᵀ| / max|Σ| = {worst:.3g}, tolerance {relative:.3g})"
+                )
+            covariances = 0.5 * (covariances + covariances.mT)
             cholesky, info = torch.linalg.cholesky_ex(covariances)
             if (info != 0).any():
                 bad = (info != 0).nonzero().flatten().tolist()
@@ -203,7 +235,9 @@ class MixtureOfGaussians(Distribution):
         if components.is_diagonal:
             covariances = torch.exp(2 * components.log_scale)
         else:
-            covariances = torch.cholesky_inverse(components.factor, upper=True)  # (UᵀU)⁻¹
+            factor = components.factor
+            wide = torch.float32 if factor.dtype in (torch.float16, torch.bfloat16) else factor.dtype
+            covariances = torch.cholesky_inverse(factor.to(wide), upper=True).to(factor.dtype)  # (UᵀU)⁻¹
         params = {"weights": log_weights.exp(), "means": components.loc, "covariances": covariances}
         if by_weight:
             order = torch.argsort(params["weights"], dim=-1, descending=True)
@@ -218,25 +252,22 @@ class MixtureOfGaussians(Distribution):
     # ------------------------------------------------------------------ validation
     def _check_inputs(self, inputs: Tensor, name: str = "inputs") -> Tensor:
         inputs = check_features(name, torch.as_tensor(inputs), self.features)
-        reference = self._reference_parameter()
-        if inputs.dtype != reference.dtype or inputs.device != reference.device:
-            raise ValueError(
-                f"{name} have dtype {inputs.dtype} on {inputs.device} but the distribution's parameters are "
-                f"{reference.dtype} on {reference.device}; move one of them with .to(...)"
-            )
-        return inputs
+        return check_like(name, inputs, self._reference_parameter(), "the distribution")
 
     def _check_context(self, context: Tensor | None, rows: int | None) -> Tensor | None:
         if context is not None:
             context = torch.as_tensor(context)
         check_context(context, self.context_features, rows)
+        if context is not None:
+            check_like("context", context, self._reference_parameter(), "the distribution")
         return context
 
     def _reference_parameter(self) -> Tensor:
         return self.loc if self.context_net is None else self.context_net[-1].weight
 
     def _temperature_or_default(self, temperature: float | None) -> float:
-        return self.temperature if temperature is None else check_temperature(temperature)
+        # checked against the dtype the parameters have now (the model may have been moved since τ was set)
+        return check_temperature(self.temperature if temperature is None else temperature, self._parameter_dtype())
 
     # ------------------------------------------------------------------ densities
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
@@ -273,6 +304,17 @@ class MixtureOfGaussians(Distribution):
         ).squeeze(-1)
 
     # ------------------------------------------------------------------ sampling
+    def sample(self, num_samples: int, context: Tensor | None = None, batch_size: int | None = None) -> Tensor:
+        """Exact ancestral samples (n, D), or (N, n, D) given a context (N, C); drawn `batch_size` at a time if set."""
+        context = self._check_context(context, rows=None)
+        return sample_in_batches(self._sample, num_samples, context, batch_size)
+
+    def _mean(self, context: Tensor | None) -> Tensor:
+        # nflows' Distribution.mean: Σ_k α_k μ_k, (D,) or (N, D)
+        context = self._check_context(context, rows=None)
+        log_weights, components = self._mixture(context)
+        return (log_weights.exp().unsqueeze(-1) * components.loc).sum(-2)
+
     def _sample(self, num_samples: int, context: Tensor | None) -> Tensor:
         context = self._check_context(context, rows=None)
         log_weights, components = self._mixture(context)
@@ -290,7 +332,7 @@ class MixtureOfGaussians(Distribution):
         """Gumbel-softmax relaxed sample (z, c): c (n, K) on the simplex, z = cᵀμ + ε ⊙ cᵀσ (n, D); with a
         context (N, C), shapes (N, n, K) and (N, n, D). Differentiable w.r.t. every parameter, weights included.
         Full covariance soft-selects the precision factor, z = cᵀμ + U(c)⁻¹ ε (see `GaussianComponents.soft_select`)."""
-        check_positive_int("num_samples", num_samples)
+        num_samples = check_num_samples(num_samples)
         context = self._check_context(context, rows=None)
         tau = self._temperature_or_default(temperature)
         log_weights, components = self._mixture(context)
@@ -314,10 +356,11 @@ class MixtureOfGaussians(Distribution):
         - "pathwise": exact sample carrying unbiased implicit-reparameterisation gradients to weights, means
           and scales, scored by the exact density (diagonal covariance).
         """
-        check_positive_int("num_samples", num_samples)
+        num_samples = check_num_samples(num_samples)
         context = self._check_context(context, rows=None)
         log_weights, components = self._mixture(context)
-        estimator, tau = self.estimator, self.temperature
+        estimator = self.estimator
+        tau = self._temperature_or_default(None) if estimator.startswith("gumbel") else self.temperature
         if estimator in ("exact", "pathwise"):
             z = self._exact_sample(num_samples, log_weights, components)
             if estimator == "pathwise":
@@ -382,3 +425,14 @@ class MixtureOfGaussians(Distribution):
             f"features={self.features}, num_components={self.num_components}, covariance={self.covariance!r}, "
             f"temperature={self.temperature:g}, estimator={self.estimator!r}{conditional}"
         )
+
+
+def _real_tensor(name: str, value) -> Tensor:
+    tensor = torch.as_tensor(value)
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must be real numbers; got a tensor of dtype {tensor.dtype}")
+    return tensor
+
+
+def _epsilon(tensor: Tensor) -> float:
+    return torch.finfo(tensor.dtype).eps if tensor.is_floating_point() else 0.0

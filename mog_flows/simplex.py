@@ -21,6 +21,8 @@ from nflows.transforms import CompositeTransform, InverseTransform, Transform
 from nflows.transforms.base import InputOutsideDomain
 from torch import Tensor
 
+from .flows import Flow as CheckedFlow
+
 __all__ = ["AdditiveLogistic", "AdditiveLogRatio", "simplex_flow"]
 
 
@@ -89,4 +91,9 @@ def simplex_flow(flow: Flow) -> Flow:
         features = shape[0] if shape is not None and len(shape) == 1 else None
     if not isinstance(features, int):
         raise ValueError("cannot tell the number of features of the flow's base distribution")
-    return Flow(CompositeTransform([AdditiveLogRatio(features), flow._transform]), base)
+    return CheckedFlow(
+        CompositeTransform([AdditiveLogRatio(features), flow._transform]),
+        base,
+        features=features,
+        context_features=getattr(flow, "context_features", None),
+    )

@@ -7,6 +7,7 @@ satisfied trivially by the identity map. Shapes: N batch, n samples per context 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from nflows.flows import Flow
@@ -404,3 +405,113 @@ def test_flow_on_cuda_agrees_with_cpu(transform, base, context_features):
     flat_context = None if sample_context is None else sample_context.repeat_interleave(5, dim=0)
     recomputed = gpu.log_prob(samples.reshape(-1, 2), context=flat_context).reshape(log_prob.shape)
     torch.testing.assert_close(log_prob, recomputed, rtol=0, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------- hostile input (issue 13 §2)
+@pytest.mark.parametrize("context_features", [None, CONTEXT], ids=["unconditional", "conditional"])
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_an_empty_batch_gives_an_empty_result_and_zero_gradients(transform, base, context_features):
+    flow = make_flow(transform, base, context_features=context_features)
+    x = torch.zeros(0, 2, dtype=torch.float64, requires_grad=True)
+    context = None if context_features is None else make_context(0)
+    log_p = flow.log_prob(x, context=context)
+    assert log_p.shape == (0,)
+    log_p.sum().backward()
+    assert x.grad.shape == (0, 2)
+    for parameter in flow.parameters():
+        assert parameter.grad is None or not parameter.grad.any()
+    assert flow.transform_to_noise(x.detach(), context=context).shape == (0, 2)
+
+
+def _conditional_flow():
+    return make_flow("nsf", context_features=CONTEXT, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda f: f.log_prob(torch.zeros(4, 2)), r"conditional: pass a context of shape \(N, 3\)"),
+        (lambda f: f.log_prob(torch.zeros(4, 2), context=torch.zeros(4, 5)), r"context must have shape \(N, 3\)"),
+        (lambda f: f.log_prob(torch.zeros(4, 2), context=torch.zeros(3, 3)), "one row per input"),
+        (lambda f: f.log_prob(torch.zeros(4, 2), context=torch.zeros(4, 3, dtype=torch.float64)), "context has dtype"),
+        (lambda f: f.log_prob(torch.zeros(4, 2), context=torch.zeros(4, 3, dtype=torch.int64)), "context has dtype"),
+        (lambda f: f.log_prob(torch.zeros(4, 2, dtype=torch.float64), context=torch.zeros(4, 3)), "inputs has dtype"),
+        (lambda f: f.log_prob(torch.zeros(4, 3), context=torch.zeros(4, 3)), r"inputs must have shape \(N, 2\)"),
+        (lambda f: f.log_prob(torch.full((4, 2), float("nan")), context=torch.zeros(4, 3)), "inputs must be finite"),
+        (lambda f: f.sample(4), "conditional: pass a context"),
+        (lambda f: f.sample(4, context=torch.zeros(2, 3, dtype=torch.float64)), "context has dtype"),
+        (lambda f: f.sample_and_log_prob(4, context=torch.zeros(2, 5)), r"context must have shape \(N, 3\)"),
+        (lambda f: f.sample(0, context=torch.zeros(2, 3)), "num_samples must be a positive integer"),
+        (lambda f: f.transform_to_noise(torch.zeros(4, 2)), "conditional: pass a context"),
+    ],
+)
+def test_bad_input_to_a_conditional_flow(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_conditional_flow())
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_bad_input_to_an_unconditional_flow(base):
+    flow = make_flow("maf", base, dtype=torch.float32)
+    with pytest.raises(ValueError, match="unconditional .* but a context of shape"):
+        flow.log_prob(torch.zeros(4, 2), context=torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="inputs has dtype torch.float64"):
+        flow.log_prob(torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unconditional"):
+        flow.sample(3, context=torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_conditional_sample_in_batches_and_integer_like_counts(transform, base):
+    flow = make_flow(transform, base, context_features=CONTEXT)
+    context = make_context(4)
+    for batch_size in (1, 3, 7):
+        assert flow.sample(7, context=context, batch_size=batch_size).shape == (4, 7, 2)
+    assert flow.sample(np.int64(5), context=context).shape == (4, 5, 2)
+    assert make_flow(transform, base).sample(torch.tensor(5), batch_size=2).shape == (5, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(base=MixtureOfGaussians(3, 2)), "the base distribution has 3 features but build_flow got features=2"),
+        (dict(base="gaussian"), None),
+        (dict(base=MixtureOfGaussians(2, 2), context_features=CONTEXT), "needs a conditional base"),
+        (dict(base=MixtureOfGaussians(2, 2, context_features=CONTEXT)), "=3 .* got context_features=None"),
+        (dict(base=MixtureOfGaussians(2, 2, context_features=4), context_features=CONTEXT), "context_features=4"),
+        (dict(tail_bound=0.0), "tail_bound must be a finite number > 0"),
+        (dict(tail_bound=-1.0), "tail_bound must be a finite number > 0"),
+        (dict(tail_bound=float("nan")), "tail_bound must be a finite number > 0"),
+        (dict(tail_bound=float("inf")), "tail_bound must be a finite number > 0"),
+        (dict(num_bins=0), "num_bins must be a positive integer"),
+        (dict(context_features=0), "context_features must be a positive integer"),
+    ],
+    ids=[
+        "wrong-D",
+        "gaussian-ok",
+        "uncond-base",
+        "cond-base",
+        "C-mismatch",
+        "tail-0",
+        "tail-neg",
+        "tail-nan",
+        "tail-inf",
+        "bins-0",
+        "context-0",
+    ],
+)
+def test_build_flow_refuses_what_cannot_work(kwargs, match):
+    if match is None:
+        build_flow(2, **kwargs)
+        return
+    with pytest.raises(ValueError, match=match):
+        build_flow(2, **kwargs)
+
+
+def test_a_given_standard_normal_base_of_the_wrong_size_is_refused():
+    from nflows.distributions import StandardNormal
+
+    with pytest.raises(ValueError, match="has 3 features but build_flow got features=2"):
+        build_flow(2, base=StandardNormal([3]))

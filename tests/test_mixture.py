@@ -11,6 +11,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from mog_flows import MixtureOfGaussians
+from mog_flows.checks import temperature_limits
 from mog_flows.datasets import get_dataset
 from mog_flows.initialization import _log_likelihood, fit_mixture
 from mog_flows.mixture import ESTIMATORS
@@ -427,3 +428,148 @@ def test_cuda_matches_cpu(covariance, estimator):
     (log_p.sum() + z.sum()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu.parameters())
     assert math.isfinite(gpu.nested_log_prob(x.cuda(), num_inner=32).sum().item())
+
+
+# ---------------------------------------------------------------------------- hostile input (issue 13 §2)
+GUMBEL = [name for name in ESTIMATORS if name.startswith("gumbel")]
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("estimator", ["exact", *GUMBEL])
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_half_precision_sampling_and_parameters_work(covariance, estimator, dtype):
+    torch.manual_seed(0)
+    base32 = MixtureOfGaussians(3, 4, covariance=covariance, estimator=estimator, num_inner=32)
+    base = MixtureOfGaussians(3, 4, covariance=covariance, estimator=estimator, num_inner=32)
+    base.load_state_dict(base32.state_dict())
+    base.to(dtype)
+    params = base.mixture_parameters()
+    reference = base32.to(torch.float32).mixture_parameters()
+    for name in ("weights", "means", "covariances"):
+        assert params[name].dtype == dtype
+        torch.testing.assert_close(params[name].float(), reference[name], rtol=2e-2, atol=2e-2)
+    for z in (base.sample(16), base.rsample(16)[0], *base.sample_and_log_prob(16)):
+        assert z.dtype == dtype and torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("estimator", GUMBEL)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_temperature_limits_of_the_dtype(covariance, estimator, dtype):
+    """τ outside [√tiny, √max] of the dtype is refused, naming the limits; at the limits everything is finite."""
+    low, high = temperature_limits(dtype)
+    base = MixtureOfGaussians(3, 5, covariance=covariance, estimator=estimator, num_inner=32).to(dtype)
+    with torch.no_grad():
+        base.logits.copy_(5 * torch.randn(5))
+    for bad in (low / 10, high * 10):
+        with pytest.raises(ValueError, match=r"temperature must lie in \[.*\] for torch.float"):
+            base.temperature = bad
+        with pytest.raises(ValueError, match="temperature must lie in"):
+            base.rsample(4, temperature=bad)
+        with pytest.raises(ValueError, match="temperature must lie in"):
+            base.nested_log_prob(torch.zeros(2, 3, dtype=dtype), temperature=bad)
+    for tau in (low, high):
+        base.temperature = tau
+        z, log_p = base.sample_and_log_prob(64)
+        relaxed, c = base.rsample(64)
+        nested = base.nested_log_prob(relaxed.detach())
+        assert all(torch.isfinite(t).all() for t in (z, log_p, relaxed, c, nested))
+
+
+def test_a_temperature_the_new_dtype_cannot_hold_is_refused_at_use():
+    base = MixtureOfGaussians(2, 3, temperature=1e-3, estimator="gumbel-nested").to(torch.float16)
+    with pytest.raises(ValueError, match=r"temperature must lie in .* torch.float16"):
+        base.sample_and_log_prob(4)
+    with pytest.raises(ValueError, match=r"temperature must lie in .* torch.float16"):
+        base.rsample(4)
+
+
+@pytest.mark.parametrize("value", [True, False, "0.5", None, 1 + 1j, [0.5]], ids=repr)
+def test_temperature_that_is_not_a_real_number_is_refused(value):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        MixtureOfGaussians(2, 3, temperature=value)
+
+
+@pytest.mark.parametrize("count", [np.int64(3), np.int32(3), torch.tensor(3)], ids=["np.int64", "np.int32", "tensor"])
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_integer_like_sample_counts_are_accepted(covariance, count):
+    base = MixtureOfGaussians(2, 3, covariance=covariance)
+    assert base.sample(count).shape == (3, 2)
+    assert base.rsample(count)[0].shape == (3, 2)
+    assert base.sample_and_log_prob(count)[1].shape == (3,)
+
+
+@pytest.mark.parametrize("count", [0, -2, 2.5, True, "3", torch.tensor(2.0)], ids=repr)
+def test_bad_sample_counts_are_refused(count):
+    base = MixtureOfGaussians(2, 3)
+    for call in (base.sample, base.rsample, base.sample_and_log_prob):
+        with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+            call(count)
+
+
+@pytest.mark.parametrize("name", ["weights", "means", "covariances"])
+def test_complex_parameters_are_refused(name):
+    values = {"weights": torch.tensor([0.5, 0.5]), "means": torch.zeros(2, 2), "covariances": torch.ones(2, 2)}
+    values[name] = values[name].to(torch.complex64)
+    with pytest.raises(ValueError, match=f"{name} must be real numbers"):
+        MixtureOfGaussians.from_parameters(values["weights"], values["means"], values["covariances"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_full_covariance_symmetry_is_judged_relative_to_its_scale(scale, dtype):
+    covariances = (scale * torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)).expand(2, 2, 2).clone()
+    rounded = covariances.clone()
+    rounded[0, 0, 1] *= 1 + 1e-7  # float32 rounding-level asymmetry
+    base = MixtureOfGaussians.from_parameters(
+        torch.tensor([0.5, 0.5]), torch.zeros(2, 2), rounded.to(dtype), covariance="full"
+    )
+    expected = 0.5 * (rounded + rounded.mT)
+    torch.testing.assert_close(base.mixture_parameters()["covariances"].double(), expected, rtol=1e-5, atol=0)
+    asymmetric = covariances.clone()
+    asymmetric[0, 0, 1] *= 1 + 1e-3
+    with pytest.raises(ValueError, match=r"components \[0\] are not symmetric"):
+        MixtureOfGaussians.from_parameters(
+            torch.tensor([0.5, 0.5]), torch.zeros(2, 2), asymmetric.to(dtype), covariance="full"
+        )
+
+
+def test_many_float32_weights_are_judged_with_a_tolerance_of_their_dtype():
+    K = 20000
+    weights = torch.softmax(torch.randn(K, generator=torch.Generator().manual_seed(0)), 0)
+    weights[0] += 1.8e-6  # the float32 rounding of a sum of K weights can be off by this much
+    base = MixtureOfGaussians.from_parameters(weights, torch.zeros(K, 1), torch.ones(K, 1))
+    assert abs(base.mixture_parameters()["weights"].double().sum().item() - 1) < 1e-5
+    with pytest.raises(ValueError, match="weights must sum to 1"):
+        MixtureOfGaussians.from_parameters(weights.double() * 1.01, torch.zeros(K, 1), torch.ones(K, 1))
+
+
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_conditional_sample_in_batches(covariance):
+    base = MixtureOfGaussians(2, 3, covariance=covariance, context_features=4)
+    context = torch.randn(5, 4)
+    for batch_size in (1, 3, 7, 10):
+        assert base.sample(7, context=context, batch_size=batch_size).shape == (5, 7, 2)
+    assert MixtureOfGaussians(2, 3).sample(7, batch_size=3).shape == (7, 2)
+
+
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_mean_is_the_weighted_mean_of_the_components(covariance):
+    weights, means, covariances = random_parameters(4, 3, covariance)
+    base = MixtureOfGaussians.from_parameters(weights, means, covariances, covariance=covariance)
+    torch.testing.assert_close(base.mean(), (weights.unsqueeze(-1) * means).sum(0).to(base.loc))
+    conditional = MixtureOfGaussians(3, 4, covariance=covariance, context_features=2)
+    context = torch.randn(6, 2)
+    params = conditional.mixture_parameters(context)
+    torch.testing.assert_close(conditional.mean(context), (params["weights"].unsqueeze(-1) * params["means"]).sum(-2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.float16], ids=str)
+def test_context_of_another_dtype_is_refused(dtype):
+    base = MixtureOfGaussians(2, 3, context_features=3)
+    context = torch.zeros(4, 3, dtype=dtype)
+    with pytest.raises(ValueError, match=r"context has dtype .* but the distribution's parameters are torch.float32"):
+        base.log_prob(torch.zeros(4, 2), context=context)
+    with pytest.raises(ValueError, match="context has dtype"):
+        base.sample(2, context=context)

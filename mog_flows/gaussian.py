@@ -98,9 +98,9 @@ def diagonal_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
 def diagonal_log_prob_shared(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
     """log N(x_n; μ_k, diag σ_k²) for components shared by the batch: x (N, D), loc, log_scale (K, D) -> (N, K).
 
-    With P = σ⁻² and y, m centred on the mean location, the quadratic form is two matrix products,
+    With P = σ⁻² and y, m centred on the mean location, the log-density is one matrix product,
 
-        Σ_d P_kd (y_nd - m_kd)² = [y²] Pᵀ - 2 y (P m)ᵀ + Σ_d P_kd m_kd²,
+        log N = [y², y, 1] [-½ Pᵀ; (P m)ᵀ; c − ½ Σ_d P_kd m_kd²],   c = −Σ_d log σ_kd − (D/2) log 2π,
 
     so no (N, K, D) tensor is formed; it accumulates in `accumulation_dtype` and rows where it could still cancel are
     recomputed by the direct formula (see "Rounding" above). Small problems use the direct formula throughout.
@@ -114,20 +114,26 @@ def diagonal_log_prob_shared(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tenso
     y, m = x - centre, loc - centre
     precision = torch.exp(-2 * log_scale)  # (K, D)
     weighted_loc = precision * m
-    square = (y * y) @ precision.T  # ‖y‖²_P: (N, K)
     loc_term = (m * weighted_loc).sum(-1)  # ‖m‖²_P: (K,)
-    quad = torch.addmm(square + loc_term, y, weighted_loc.T, alpha=-2)  # ‖y - m‖²_P
     normalizer = -log_scale.sum(-1) - 0.5 * features * LOG_2PI  # (K,)
-    log_p = torch.add(normalizer, quad, alpha=-0.5)
+    # [y², y, 1]: one buffer filled in place (every fresh large temporary costs page faults on first touch)
+    inputs = torch.empty(num_points, 2 * features + 1, dtype=wide, device=x.device)
+    inputs[:, :features] = y * y
+    inputs[:, features : 2 * features] = y
+    inputs[:, 2 * features] = 1.0
+    coefficients = torch.cat([-0.5 * precision, weighted_loc, (normalizer - 0.5 * loc_term).unsqueeze(-1)], dim=1)
+    log_p = inputs @ coefficients.T  # (N, K)
     # terms ‖y‖²_P + ‖m‖²_P ≤ (‖y - m‖_P + ‖m‖_P)² + ‖m‖²_P stay below G (1 + result) for every y unless
     # ‖m‖²_P > G/4 (G ≥ 2): only such components are tested. Trained mixtures have none.
     guard = _guard(dtype, wide)
     with torch.no_grad():
         far = (loc_term > guard / 4).nonzero().squeeze(-1)
-    if len(far):
-        rows = _rows_beyond(square[:, far] + loc_term[far], quad[:, far], guard)
-        if rows is not None:
-            log_p = log_p.index_put((rows,), diagonal_log_prob(x[rows], loc, log_scale))
+        rows = None
+        if len(far):
+            terms = inputs[:, :features] @ precision[far].T + loc_term[far]  # ‖y‖²_P + ‖m‖²_P: (N, K')
+            rows = _rows_beyond(terms, -2 * (log_p[:, far] - normalizer[far]), guard)
+    if rows is not None:
+        log_p = log_p.index_put((rows,), diagonal_log_prob(x[rows], loc, log_scale))
     return log_p.to(dtype)
 
 

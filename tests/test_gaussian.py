@@ -8,42 +8,21 @@ log-densities, relative to the largest reference entry for gradients). Reference
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import distributions as td
 
 from mog_flows import MixtureOfGaussians
 from mog_flows.gaussian import GaussianComponents, accumulation_dtype
+from mog_flows.testing import ADVERSARIAL_SETTINGS, MixtureCase, adversarial_case, spread_case
 
 DOUBLE = torch.float64
 
 
-def _case(covariance: str, scales: list[float], separation: float, num_points: int, features: int, seed: int):
-    """Mixture parameters in float64 (rounded through float32, so every implementation holds the same mixture)
-    and float32 points: half near the components, a quarter between, a quarter far from all."""
-    g = torch.Generator().manual_seed(seed)
-    K, D = len(scales), features
-    means = separation * torch.rand(K, D, dtype=DOUBLE, generator=g)
-    means[0] = 0.0
-    means[-1, 0] = separation
-    scale = torch.tensor(scales, dtype=DOUBLE)[:, None] * (0.5 + torch.rand(K, D, dtype=DOUBLE, generator=g))
-    weights = torch.softmax(torch.randn(K, dtype=DOUBLE, generator=g), 0)
-    if covariance == "diagonal":
-        covariances = scale.square()
-    else:
-        off = torch.tril(torch.randn(K, D, D, dtype=DOUBLE, generator=g), -1) * 0.3 / math.sqrt(D)
-        tril = scale.unsqueeze(-1) * (torch.eye(D, dtype=DOUBLE) + off)
-        covariances = tril @ tril.mT
-    base = MixtureOfGaussians.from_parameters(weights, means, covariances, covariance=covariance).float()
-    index = torch.randint(K, (num_points,), generator=g)
-    near = means[index] + scale[index] * torch.randn(num_points, D, dtype=DOUBLE, generator=g)
-    kind = torch.arange(num_points) % 4
-    far = separation * (4 * torch.rand(num_points, D, dtype=DOUBLE, generator=g) - 2)
-    between = 0.5 * (means[index] + means[(index + 1) % K])
-    x = torch.where((kind == 2)[:, None], between, torch.where((kind == 3)[:, None], far, near)).float()
-    return base, x
+def _float32(case: MixtureCase) -> tuple[MixtureOfGaussians, torch.Tensor]:
+    """The case's mixture as a float32 base, and its points in float32."""
+    base = MixtureOfGaussians.from_parameters(case.weights, case.means, case.covariances, covariance=case.covariance)
+    return base.float(), case.points.float()
 
 
 def _torch_mixture(params: dict, covariance: str, dtype: torch.dtype):
@@ -86,22 +65,12 @@ def _errors(base: MixtureOfGaussians, x: torch.Tensor, covariance: str) -> dict[
     }
 
 
-ADVERSARIAL = [
-    # (scales, separation, features): the issue's two-component cases and a wide-range many-component mixture
-    ([1e-4, 1.0], 100.0, 2),
-    ([1e-3, 1.0], 1e4, 2),
-    ([1e-2, 1.0], 10.0, 2),
-    ([1e-4, 1e-2, 1.0, 1e2, 1e4], 1e4, 4),
-    ([10.0**e for e in torch.linspace(-4, 4, 64).tolist()], 1e3, 16),
-]
-
-
 @pytest.mark.parametrize("num_points", [4, 8192])
-@pytest.mark.parametrize("case", ADVERSARIAL, ids=lambda c: f"K{len(c[0])}-sep{c[1]:g}-D{c[2]}")
+@pytest.mark.parametrize("setting", ADVERSARIAL_SETTINGS, ids=lambda c: f"K{len(c[0])}-sep{c[1]:g}-D{c[2]}")
 @pytest.mark.parametrize("covariance", ["diagonal", "full"])
-def test_float32_log_prob_and_gradients_within_twice_torch_error(covariance, case, num_points):
-    scales, separation, features = case
-    base, x = _case(covariance, scales, separation, num_points, features, seed=0)
+def test_float32_log_prob_and_gradients_within_twice_torch_error(covariance, setting, num_points):
+    scales, separation, features = setting
+    base, x = _float32(adversarial_case(covariance, scales, separation, features, num_points, seed=0))
     for name, (ours, theirs) in _errors(base, x, covariance).items():
         assert ours <= 2 * theirs + 1e-6, f"{name}: ours {ours:.2e}, torch {theirs:.2e}"
 
@@ -110,8 +79,7 @@ def test_float32_log_prob_and_gradients_within_twice_torch_error(covariance, cas
 def test_benign_and_spread_inputs_are_accurate(covariance):
     # trained bases: scales 0.03-0.09 (MAF) and points spread wider than the components
     for spread in (1.0, 4.0, 30.0):
-        base, x = _case(covariance, [0.03, 0.05, 0.09, 0.5] * 4, 5.0, 4096, 8, seed=1)
-        x = x * spread
+        base, x = _float32(spread_case(covariance, spread, 4096))
         for name, (ours, theirs) in _errors(base, x, covariance).items():
             assert ours <= 2 * theirs + 1e-6, f"spread {spread}, {name}: ours {ours:.2e}, torch {theirs:.2e}"
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files, not windows: experiments run headless
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt  # the backend is the caller's (matplotlib falls back to Agg where there is no display)
+import torch
+from torch import Tensor
 
 __all__ = ["density_on_grid", "plot_density_panels", "plot_training_curves"]
 

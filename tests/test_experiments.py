@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import mog_flows.maxent_study as maxent_study
-from mog_flows.maxent_study import _largest_orthant_mass
+import mog_flows.studies.maxent as maxent_study
+from mog_flows.studies.maxent import _largest_orthant_mass
 
 ROOT = Path(__file__).resolve().parents[1]
 

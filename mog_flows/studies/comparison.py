@@ -48,15 +48,15 @@ from typing import Any
 
 import torch
 
-from . import training
-from .baselines import RAD
-from .checks import check_choice, check_positive_int
-from .datasets import DATASETS, Digits, Target, get_dataset, make_splits
-from .evaluation import evaluate
-from .flows import TRANSFORMS, build_flow
-from .mixture import INIT_RESTARTS
-from .study_runner import run_many
-from .training import TrainingDivergedError, fit, load_checkpoint
+from .. import training
+from ..baselines import RAD
+from ..checks import check_choice, check_positive_int
+from ..datasets import DATASETS, Digits, Target, get_dataset, make_splits
+from ..evaluation import evaluate
+from ..flows import TRANSFORMS, build_flow
+from ..mixture import INIT_RESTARTS
+from .runner import run_many
+from ..training import TrainingDivergedError, fit, load_checkpoint
 
 __all__ = [
     "BASES",
@@ -336,7 +336,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         seconds_per_step=history.wall_time / max(history.steps, 1),
     )
     if spec.density_resolution and D == 2:
-        from .plotting import density_on_grid
+        from ..plotting import density_on_grid
 
         with torch.no_grad():
             _, density = density_on_grid(
@@ -655,7 +655,7 @@ def plot_density_grid(
     """Heatmaps, one row per 2-D target: the true density, then the Gaussian-base and the MoG-base flow of
     `transform` and `seed` (densities recorded by `run_one` with `density_resolution`). Targets with D > 2 are
     skipped. Returns False (and writes nothing) when no row has a density to draw."""
-    from .plotting import plot_density_panels
+    from ..plotting import plot_density_panels
 
     chosen = {
         (row["dataset"], row["base"]): row

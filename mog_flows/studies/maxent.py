@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from .flows import build_flow
-from .maxent import FINAL_TEMPERATURE, fit_maxent
+from ..flows import build_flow
+from ..maxent import FINAL_TEMPERATURE, fit_maxent
 from .maxent_problems import bimodal_problem, dirichlet_problem, kl_from_samples, mmd_test
-from .mixture import MixtureOfGaussians
-from .simplex import simplex_flow
-from .study_runner import run_many
+from ..mixture import MixtureOfGaussians
+from ..simplex import simplex_flow
+from .runner import run_many
 
 GUMBEL = ("gumbel-nested", "gumbel-exact", "gumbel-joint")
 TEMPERATURES = ("1", "0.5", "0.1", "annealed")
@@ -536,7 +536,7 @@ def markdown_tables(summaries: dict[str, list[dict]]) -> dict[str, str]:
 
 
 def plot_estimators(summary: list[dict], path: Path) -> None:
-    from .plotting import plt
+    from ..plotting import plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     labels = [e["label"] for e in summary]
@@ -560,7 +560,7 @@ def plot_estimators(summary: list[dict], path: Path) -> None:
 def plot_bimodal(rows: list[dict], path: Path) -> None:
     problem = bimodal_problem(1)
     grid = torch.linspace(-3.5, 3.5, 141)
-    from .plotting import plt
+    from ..plotting import plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(grid, problem.log_prob(grid.unsqueeze(-1)).exp(), "k", lw=2, label="exact max-ent solution")

@@ -18,8 +18,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mog_flows import build_flow, comparison
-from mog_flows.comparison import (
+from mog_flows import build_flow
+from mog_flows.studies import comparison
+from mog_flows.studies.comparison import (
     RunSpec,
     count_parameters,
     default_num_components,
@@ -33,7 +34,7 @@ from mog_flows.comparison import (
 )
 from mog_flows.datasets import get_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(steps=4, batch_size=32, hidden_features=8, num_layers=2, num_train=200, num_val=50, num_test=100)
 
 

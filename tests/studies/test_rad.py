@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mog_flows import rad_comparison
-from mog_flows.rad_comparison import rad_specs, read_results, target_check, write_rad_markdown
+from mog_flows.studies import rad as rad_comparison
+from mog_flows.studies.rad import rad_specs, read_results, target_check, write_rad_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rad_specs_are_seed_major_with_three_models_and_refuse_bad_targets():

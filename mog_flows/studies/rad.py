@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from . import training
-from .checks import check_positive_int
+from .. import training
+from ..checks import check_positive_int
 from .comparison import (
     CSV_COLUMNS,
     RunSpec,
@@ -44,8 +44,8 @@ from .comparison import (
     summarize,
     write_csv,
 )
-from .datasets import DATASETS, get_dataset
-from .mixture import INIT_RESTARTS
+from ..datasets import DATASETS, get_dataset
+from ..mixture import INIT_RESTARTS
 
 __all__ = [
     "MODELS",
@@ -353,7 +353,7 @@ def plot_rad_grid(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, se
     """One row per target: the true density, then each model's learned density and its samples (seed `seed`,
     recorded by `run_one` with `density_resolution` on [-bounds, bounds]²; the true density is drawn at the same
     resolution). Returns False (and writes nothing) when no target has all three models recorded."""
-    from .plotting import density_on_grid, plt
+    from ..plotting import density_on_grid, plt
 
     chosen = {(r["dataset"], r["base"]): r for r in rows if r["seed"] == seed and "density" in r and "samples" in r}
     datasets = [d for d in dict.fromkeys(r["dataset"] for r in rows) if all((d, m) in chosen for m in MODELS)]

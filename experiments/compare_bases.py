@@ -1,5 +1,5 @@
 """Gaussian base vs mixture-of-Gaussians base: {gaussian, mog} × {nsf, maf, realnvp} × every target, equal
-parameter budgets, the same data, steps and optimiser; a thin command line over `mog_flows.comparison`.
+parameter budgets, the same data, steps and optimiser; a thin command line over `mog_flows.studies.comparison`.
 
 Writes experiments/results/compare_bases.{md,csv,png} (the table of mean ± std over seeds, one line per run,
 density heatmaps) and compare_bases_densities.npz (learned densities for the notebook); --quick writes
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mog_flows.comparison import main
+from mog_flows.studies.comparison import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,5 +1,5 @@
 """RAD vs MoG-base NSF vs Gaussian-base NSF on the 2-D targets (the RAD paper's problems and the zoo), equal parameter
-budgets, the same data, steps and optimiser; a thin command line over `mog_flows.rad_comparison`.
+budgets, the same data, steps and optimiser; a thin command line over `mog_flows.studies.rad`.
 
 Writes experiments/results/rad_comparison.{md,csv,png} (the table of mean ± std over seeds with the target checked,
 one line per run, densities and samples) and rad_comparison_{densities,samples}.npz for the notebook; --quick writes
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mog_flows.rad_comparison import main
+from mog_flows.studies.rad import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

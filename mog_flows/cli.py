@@ -276,7 +276,7 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace, rest: list[str]) -> None:
-    from . import comparison
+    from .studies import comparison
 
     comparison.main(rest)
 

@@ -1,17 +1,12 @@
 """Experiment scripts and notebooks run end to end with tiny settings (as pyro's test_examples.py does)."""
 
 import csv
-import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-import mog_flows.maxent_study as maxent_study
-from mog_flows.maxent_study import _largest_orthant_mass
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,36 +57,3 @@ def test_maxent_experiment_runs_with_smoke_settings(tmp_path):
     second = list(csv.DictReader(open(tmp_path / "maxent_estimators.csv")))
     for name in ("label", "seed", "kl", "entropy", "entropy_bias", "violation", "grad_var_init"):
         assert [row[name] for row in second] == [row[name] for row in first], name
-
-
-def test_largest_orthant_mass_counts_sign_patterns():
-    class Points:  # "samples" cycling through 3 points in the (+, +) orthant and 1 in (-, +)
-        def sample(self, n):
-            pattern = torch.tensor([[1.0, 2.0], [0.5, 0.1], [3.0, 1.0], [-1.0, 1.0]])
-            return pattern.repeat(n // 4 + 1, 1)[:n]
-
-    assert _largest_orthant_mass(Points(), 400, chunk=64) == 0.75
-
-
-def test_maxent_study_settings_per_problem_reach_fit_maxent(monkeypatch):
-    specs = {(s.study, s.problem): s for s in maxent_study.make_specs("full", seeds=1)}
-    for problem in ("dirichlet", "bimodal-1d", "bimodal-2d"):
-        spec = specs[("dirichlet" if problem == "dirichlet" else "bimodal", problem)]
-        assert (spec.steps, spec.layers, spec.components) == tuple(
-            table[problem] for table in (maxent_study.STEPS, maxent_study.LAYERS, maxent_study.COMPONENTS)
-        )
-        assert spec.max_penalty == maxent_study.MAX_PENALTY.get(problem)
-    # a spec's cap and depth are what the run uses
-    smoke = next(s for s in maxent_study.make_specs("smoke") if s.problem == "bimodal-2d" and s.base == "mog")
-    spec = dataclasses.replace(smoke, max_penalty=3.0, layers=2)
-    seen = {}
-    real = maxent_study.fit_maxent
-
-    def spy(flow, *args, **kwargs):
-        seen["max_penalty"] = kwargs["max_penalty"]
-        seen["layers"] = sum("Coupling" in type(m).__name__ for m in flow.modules())
-        return real(flow, *args, **kwargs)
-
-    monkeypatch.setattr(maxent_study, "fit_maxent", spy)
-    maxent_study.run_one(spec)
-    assert seen == {"max_penalty": 3.0, "layers": 2}

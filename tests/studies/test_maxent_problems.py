@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mog_flows.maxent_problems import bimodal_problem, dirichlet_problem, kl_from_samples, mmd_test, solve_bimodal
+from mog_flows.studies.maxent_problems import (
+    bimodal_problem,
+    dirichlet_problem,
+    kl_from_samples,
+    mmd_test,
+    solve_bimodal,
+)
 
 stats = pytest.importorskip("scipy.stats")
 integrate = pytest.importorskip("scipy.integrate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mog_flows.study_runner import run_many
+from mog_flows.studies.runner import run_many
 
 
 def square(spec: int) -> dict:

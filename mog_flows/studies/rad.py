@@ -8,14 +8,14 @@ evaluation and resumable cache as the base comparison):
 - "mog": an NSF flow over a diagonal mixture-of-Gaussians base (K = `rad_study_components`), width
   `hidden_features`: the budget;
 - "gaussian": the same flow over a standard normal base, widened to at least that budget
-  (`comparison.matched_hidden_features`);
+  (`budgets.matched_hidden_features`);
 - "rad": `baselines.RAD(2, num_pieces=..., num_layers=...)` with the smallest width whose parameter count is at least
-  that budget (`comparison.matched_rad_hidden_features`).
+  that budget (`budgets.matched_rad_hidden_features`).
 
 `rad_specs` lists the runs, `write_rad_markdown` writes the table (test NLL, paired KL, parameters, time per step),
-checks the target "the MoG-base flow at least matches RAD's NLL on every target" against the numbers and says where
-the results can be set beside the paper's figures; `plot_rad_grid` draws densities and samples; `main` is the
-command line behind `experiments/rad_comparison.py`.
+checks "the MoG-base flow at least matches RAD's NLL on every target" against the numbers and says where the
+results can be set beside the paper's figures; `plot_rad_grid` draws densities and samples; `main` is the command
+line, which writes into the folder given as `--out` (`comparison.read_results` reads it back).
 """
 
 from __future__ import annotations
@@ -31,21 +31,13 @@ from typing import Any
 
 import torch
 
-from . import training
-from .checks import check_positive_int
-from .comparison import (
-    CSV_COLUMNS,
-    RunSpec,
-    paired_differences,
-    read_csv,
-    run_study,
-    save_densities,
-    save_row_arrays,
-    summarize,
-    write_csv,
-)
-from .datasets import DATASETS, get_dataset
-from .mixture import INIT_RESTARTS
+from .. import training
+from ..checks import check_positive_int
+from ..datasets import DATASETS, get_dataset
+from ..mixture import INIT_RESTARTS
+from . import report
+from .comparison import CSV_COLUMNS, RunSpec, paired_differences, read_results, run_study, summarize, write_arrays
+from .report import pm
 
 __all__ = [
     "MODELS",
@@ -55,8 +47,6 @@ __all__ = [
     "target_check",
     "write_rad_markdown",
     "plot_rad_grid",
-    "save_samples",
-    "read_results",
     "main",
 ]
 
@@ -66,9 +56,8 @@ ZOO = ("eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", 
 TRANSFORM = "nsf"  # the flows' transform (the library's best in the base comparison)
 RAD_STUDY_MIN_COMPONENTS = 8  # the least K of the study's MoG flows (`rad_study_components`)
 
-# The 2-D problems of Dinh et al. (2019), as this study recalls them (the stored copies of the paper reachable here
-# hold only its abstract and introduction, so the list could not be checked against its text): zoo target -> the
-# paper's problem. "many moons" is not in the zoo and is not reconstructed: its layout is not known here.
+# The 2-D problems of Dinh et al. (2019) that coincide with zoo targets: zoo target -> the paper's problem.
+# "many moons" is not in the zoo and is not reconstructed.
 PAPER_PROBLEMS = {
     "grid": "grid Gaussian mixture",
     "eight_gaussians": "ring Gaussian mixture",
@@ -98,7 +87,7 @@ QUICK = dict(
 # ---------------------------------------------------------------------------------------------------- the runs
 def rad_study_components(target) -> int:
     """K of the study's MoG flows: max(M, `RAD_STUDY_MIN_COMPONENTS` = 8), M the target's point modes (0 when it
-    lists none). The study was run with this rule, before `comparison.default_num_components` rose to max(M, 32)."""
+    lists none); fewer than the base comparison's `comparison.default_num_components`."""
     modes = getattr(target, "modes", None)
     return max(RAD_STUDY_MIN_COMPONENTS, 0 if modes is None else int(modes.shape[0]))
 
@@ -148,12 +137,6 @@ def rad_specs(
 
 
 # ---------------------------------------------------------------------------------------------------- reductions
-def _pm(mean: float, std: float, digits: int = 3) -> str:
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def target_check(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The target "the MoG-base flow at least matches RAD's test NLL on every target at equal parameters",
     decided from the rows.
@@ -251,10 +234,10 @@ def write_rad_markdown(
         lines.append(
             f"| {dataset}{f' ({failed} failed)' if failed else ''} | {PAPER_PROBLEMS.get(dataset, '—')} "
             f"| {m['num_components']} | {' / '.join(str(x['hidden_features']) for x in s)} "
-            f"| {' / '.join(str(x['parameters']) for x in s)} | {_pm(g['nll_mean'], g['nll_std'])} "
-            f"| {_pm(m['nll_mean'], m['nll_std'])} | {_pm(r['nll_mean'], r['nll_std'])} "
-            f"| {_pm(e['diff_mean'], e['diff_std'])} | {e['wins']}/{e['pairs']} | {_pm(g['kl_mean'], g['kl_std'])} "
-            f"| {_pm(m['kl_mean'], m['kl_std'])} | {_pm(r['kl_mean'], r['kl_std'])} | {ms} |"
+            f"| {' / '.join(str(x['parameters']) for x in s)} | {pm(g['nll_mean'], g['nll_std'])} "
+            f"| {pm(m['nll_mean'], m['nll_std'])} | {pm(r['nll_mean'], r['nll_std'])} "
+            f"| {pm(e['diff_mean'], e['diff_std'])} | {e['wins']}/{e['pairs']} | {pm(g['kl_mean'], g['kl_std'])} "
+            f"| {pm(m['kl_mean'], m['kl_std'])} | {pm(r['kl_mean'], r['kl_std'])} | {ms} |"
         )
     matched = [e for e in check["targets"] if e["matched"]]
     lines += [
@@ -273,15 +256,15 @@ def write_rad_markdown(
         if e["pairs"] > 1 and not math.isnan(e["diff_std"]) and abs(e["diff_mean"]) < e["diff_std"]:
             noise = "; the difference is smaller than its seed-to-seed spread"
         lines.append(
-            f"  - {e['dataset']}: MoG {_pm(e['mog'], e['mog_std'])} vs RAD {_pm(e['rad'], e['rad_std'])} nats "
-            f"(Δ {_pm(e['diff_mean'], e['diff_std'])}, MoG lower on {e['wins']}/{e['pairs']} seeds): {verdict}{noise}."
+            f"  - {e['dataset']}: MoG {pm(e['mog'], e['mog_std'])} vs RAD {pm(e['rad'], e['rad_std'])} nats "
+            f"(Δ {pm(e['diff_mean'], e['diff_std'])}, MoG lower on {e['wins']}/{e['pairs']} seeds): {verdict}{noise}."
         )
     gaussian_vs_rad = {p["dataset"]: p for p in paired_differences(rows, base="gaussian", reference="rad")}
     lines += [
         "",
         "Gaussian-base flow against RAD (Δ = Gaussian − RAD, seeds where the Gaussian flow is lower): "
         + "; ".join(
-            f"{d} {_pm(p['diff_mean'], p['diff_std'])} ({p['mog_wins']}/{p['pairs']})"
+            f"{d} {pm(p['diff_mean'], p['diff_std'])} ({p['mog_wins']}/{p['pairs']})"
             for d, p in gaussian_vs_rad.items()
         )
         + ".",
@@ -327,33 +310,11 @@ def _paper_section(datasets: Sequence[str]) -> list[str]:
     ]
 
 
-def save_samples(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """The recorded model samples (S, D) as a compressed .npz, keyed "dataset/base/transform/seed"."""
-    save_row_arrays(rows, path, "samples")
-
-
-def read_results(out: str | os.PathLike, name: str) -> list[dict[str, Any]]:
-    """The rows a finished study wrote to `out`: NAME.csv, with "density" (R, R) and "samples" (S, D) float32 tensors
-    from NAME_densities.npz and NAME_samples.npz where recorded."""
-    import numpy as np
-
-    out = Path(out)
-    rows = read_csv(out / f"{name}.csv")
-    with np.load(out / f"{name}_densities.npz") as densities, np.load(out / f"{name}_samples.npz") as samples:
-        for row in rows:
-            key = f"{row['dataset']}/{row['base']}/{row['transform']}/{row['seed']}"
-            if key in densities.files:
-                row["density"] = torch.from_numpy(densities[key])
-            if key in samples.files:
-                row["samples"] = torch.from_numpy(samples[key])
-    return rows
-
-
 def plot_rad_grid(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, seed: int, bounds: float = 4.5) -> bool:
     """One row per target: the true density, then each model's learned density and its samples (seed `seed`,
     recorded by `run_one` with `density_resolution` on [-bounds, bounds]²; the true density is drawn at the same
     resolution). Returns False (and writes nothing) when no target has all three models recorded."""
-    from .plotting import density_on_grid, plt
+    from ..plotting import density_on_grid, plt
 
     chosen = {(r["dataset"], r["base"]): r for r in rows if r["seed"] == seed and "density" in r and "samples" in r}
     datasets = [d for d in dict.fromkeys(r["dataset"] for r in rows) if all((d, m) in chosen for m in MODELS)]
@@ -407,7 +368,8 @@ def _parser(default_out: Path) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="default 512")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=1, help="parallel runs (default 1)")
-    parser.add_argument("--out", type=Path, default=default_out, help=f"results folder (default {default_out})")
+    shown = "the current directory" if str(default_out) == "." else str(default_out)
+    parser.add_argument("--out", type=Path, default=default_out, help=f"results folder (default: {shown})")
     parser.add_argument("--name", help="file stem (default rad_comparison, rad_comparison_quick with --quick)")
     parser.add_argument(
         "--report-only",
@@ -417,8 +379,9 @@ def _parser(default_out: Path) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = "experiments/results") -> list[dict]:
-    """The study's command line; returns the rows. Bad settings raise ValueError."""
+def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = ".") -> list[dict]:
+    """The study's command line; returns the rows. Bad settings raise ValueError. Results go to `--out`, by default
+    `default_out` (the current directory unless the caller names another)."""
     args = _parser(Path(default_out)).parse_args(argv)
     preset = QUICK if args.quick else FULL
     check_positive_int("workers", args.workers)
@@ -457,11 +420,10 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the figure's true densities: as cheap on one thread
     try:
-        write_csv(rows, args.out / f"{name}.csv", columns=CSV_COLUMNS_RAD)
+        report.write_csv(rows, args.out / f"{name}.csv", CSV_COLUMNS_RAD)
         text = write_rad_markdown(rows, args.out / f"{name}.md", title=title)
         plotted = plot_rad_grid(rows, args.out / f"{name}.png", seed=seeds[0])
-        save_densities(rows, args.out / f"{name}_densities.npz")
-        save_samples(rows, args.out / f"{name}_samples.npz")
+        write_arrays(rows, args.out, name, ["density", "samples"])
     finally:
         torch.set_num_threads(threads)
     shutil.rmtree(cache_dir)  # every row is in the files now

@@ -1,4 +1,4 @@
-"""Tests of `mog_flows.comparison`: one tiny run, the equal-budget rule, the reductions over seeds, the writers,
+"""Tests of `mog_flows.studies.comparison`: one tiny run, the reductions over seeds, the writers and readers,
 and the experiment script end to end with --smoke settings.
 
 Shapes: D features, K components. Runs are tiny (two layers of width 8, a few steps).
@@ -18,22 +18,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mog_flows import build_flow, comparison
-from mog_flows.comparison import (
+from mog_flows.datasets import get_dataset
+from mog_flows.studies import comparison, report
+from mog_flows.studies.comparison import (
+    CSV_COLUMNS,
     RunSpec,
-    count_parameters,
     default_num_components,
-    matched_hidden_features,
     paired_differences,
+    read_results,
     run_comparison,
     run_one,
     summarize,
-    write_csv,
+    write_arrays,
     write_markdown,
 )
-from mog_flows.datasets import get_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(steps=4, batch_size=32, hidden_features=8, num_layers=2, num_train=200, num_val=50, num_test=100)
 
 
@@ -77,24 +77,6 @@ def test_run_comparison_resumes_from_its_cache(tmp_path, monkeypatch):
     keys = [comparison.spec_key(spec) for spec in specs]
     monkeypatch.setattr(comparison.training, "BASE_LR_FACTOR", 1.0)
     assert comparison.spec_key(specs[0]) == keys[0] and comparison.spec_key(specs[1]) != keys[1]
-
-
-@pytest.mark.parametrize(("features", "transform", "components"), [(2, "nsf", 8), (2, "realnvp", 25), (10, "maf", 10)])
-def test_matched_hidden_features_is_the_smallest_width_at_or_over_the_budget(features, transform, components):
-    hidden, count, budget = matched_hidden_features(
-        features, transform, num_layers=2, hidden_features=8, num_components=components
-    )
-
-    def parameters(base, width):
-        flow = build_flow(
-            features, base=base, transform=transform, num_layers=2, hidden_features=width, num_components=components
-        )
-        return count_parameters(flow)
-
-    # a diagonal mixture adds K logits, K·D means and K·D scales
-    assert budget == parameters("mog", 8) == parameters("gaussian", 8) + components * (1 + 2 * features)
-    assert count == parameters("gaussian", hidden) >= budget
-    assert hidden > 8 and parameters("gaussian", hidden - 1) < budget
 
 
 def test_default_num_components_is_32_or_the_number_of_point_modes_when_larger():
@@ -183,9 +165,26 @@ def test_paired_differences_and_honest_report(tmp_path):
     assert "not on every seed (2/3)" in text  # honest: lower on average, not on every seed
     assert "MoG + NSF KL < 0.02 nats on grid: 0.020 ± 0.010 — **NOT met**" in text
     assert "training diverged at step 3" in text
-    write_csv(rows, tmp_path / "runs.csv")
+    report.write_csv(rows, tmp_path / "runs.csv", CSV_COLUMNS)
     with open(tmp_path / "runs.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_read_results_gives_back_the_rows_and_their_arrays(tmp_path):
+    rows, _, _ = hand_made_rows()
+    rows[0]["density"] = torch.rand(3, 3)
+    rows[1]["samples"] = torch.rand(5, 2)
+    report.write_csv(rows, tmp_path / "study.csv", CSV_COLUMNS)
+    paths = write_arrays(rows, tmp_path, "study", ["density", "samples"])
+    assert [p.name for p in paths] == ["study_densities.npz", "study_samples.npz"]
+    again = read_results(tmp_path, "study")
+    assert [r["seed"] for r in again] == [r["seed"] for r in rows] and isinstance(again[0]["seed"], int)
+    assert [r["nll"] for r in again[:-1]] == [r["nll"] for r in rows[:-1]] and math.isnan(again[-1]["nll"])
+    assert again[-1]["error"] == "training diverged at step 3" and again[0]["error"] == ""
+    assert torch.equal(again[0]["density"], rows[0]["density"]) and "density" not in again[1]
+    assert torch.equal(again[1]["samples"], rows[1]["samples"]) and "samples" not in again[0]
+    (tmp_path / "study_samples.npz").unlink()  # a study that recorded no samples
+    assert not any("samples" in r for r in read_results(tmp_path, "study"))
 
 
 def test_script_smoke_writes_table_csv_and_figure(tmp_path):
@@ -209,23 +208,6 @@ def test_script_smoke_writes_table_csv_and_figure(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- the "rad" kind
-@pytest.mark.parametrize(("transform", "pieces"), [("nsf", 2), ("maf", 3)])
-def test_matched_rad_hidden_features_is_the_smallest_width_at_or_over_the_budget(transform, pieces):
-    from mog_flows.baselines import RAD
-
-    hidden, count, budget = comparison.matched_rad_hidden_features(
-        2, transform, num_layers=2, hidden_features=8, num_components=8, num_pieces=pieces
-    )
-    flow = build_flow(2, base="mog", transform=transform, num_layers=2, hidden_features=8, num_components=8)
-
-    def parameters(width):
-        return count_parameters(RAD(2, num_pieces=pieces, num_layers=2, hidden_features=width))
-
-    assert budget == count_parameters(flow)
-    assert count == parameters(hidden) >= budget
-    assert hidden == 1 or parameters(hidden - 1) < budget
-
-
 def test_run_one_trains_rad_at_the_mog_flows_budget():
     row = run_one(RunSpec("eight_gaussians", "rad", "nsf", num_pieces=3, density_resolution=10, **TINY))
     for key in ("nll", "kl", "mode_coverage", "seconds_per_step"):

@@ -1,4 +1,4 @@
-"""Tests of `mog_flows.rad_comparison`: the runs it lists, the target decided from the numbers (either way), the
+"""Tests of `mog_flows.studies.rad`: the runs it lists, the target decided from the numbers (either way), the
 report, bad command-line input, and the experiment script end to end with --quick settings (seconds).
 """
 
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mog_flows import rad_comparison
-from mog_flows.rad_comparison import rad_specs, read_results, target_check, write_rad_markdown
+from mog_flows.studies import rad
+from mog_flows.studies.comparison import read_results
+from mog_flows.studies.rad import rad_specs, target_check, write_rad_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rad_specs_are_seed_major_with_three_models_and_refuse_bad_targets():
@@ -120,7 +121,7 @@ def test_script_quick_writes_report_csv_and_figure_and_rewrites_the_report(tmp_p
     recorded = read_results(tmp_path, "rad_comparison_quick")
     assert sum("samples" in r for r in recorded) == 6 and recorded[0]["density"].shape == (24, 24)
     (tmp_path / "rad_comparison_quick.md").unlink()
-    rad_comparison.main(["--quick", "--report-only", "--out", str(tmp_path)])
+    rad.main(["--quick", "--report-only", "--out", str(tmp_path)])
     assert (tmp_path / "rad_comparison_quick.md").read_text() == text
 
 
@@ -138,4 +139,4 @@ def test_script_quick_writes_report_csv_and_figure_and_rewrites_the_report(tmp_p
 )
 def test_bad_command_line_input_raises_value_error(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message):
-        rad_comparison.main(["--quick", "--out", str(tmp_path), *argv])
+        rad.main(["--quick", "--out", str(tmp_path), *argv])

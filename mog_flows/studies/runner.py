@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .checks import check_positive_int
+from ..checks import check_positive_int
 
 __all__ = ["run_many"]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .checks import check_finite, check_positive_int
+from ..checks import check_finite, check_positive_int
 
 __all__ = [
     "MaxEntProblem",

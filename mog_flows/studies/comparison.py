@@ -21,17 +21,18 @@ Rules that hold for every target and transform:
   (`matched_hidden_features`). Any advantage of the mixture is then not bought with parameters.
 - A third model kind, "rad" (`baselines.RAD`, `num_pieces` pieces, `num_layers` layers, standard normal base),
   gets the smallest width whose RAD has at least as many parameters as the MoG flow of the spec's transform
-  (`matched_rad_hidden_features`): the RAD study (`rad_comparison`) measures it against both flows.
+  (`matched_rad_hidden_features`): the RAD study (`studies.rad`) measures it against both flows.
 
-`run_comparison` runs many specs (in a process pool with one torch thread each when `workers > 1`); `summarize`
-and `paired_differences` reduce the rows over seeds; `write_csv`, `write_markdown` and `plot_density_grid` write
-the results, and `main` is the command line (`python experiments/compare_bases.py`, `mog-flows compare`).
+The widths come from `studies.budgets`, the reductions and files from `studies.report`. `run_comparison` runs many
+specs (in a process pool with one torch thread each when `workers > 1`); `summarize` and `paired_differences` reduce
+the rows over seeds (mean ± sample std, `report.mean_std`); `write_markdown`, `plot_density_grid` and
+`write_arrays` write the results, `read_results` reads them back, and `main` is the command line, which writes into
+the folder given as `--out`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -48,37 +49,37 @@ from typing import Any
 
 import torch
 
-from . import training
-from .baselines import RAD
-from .checks import check_choice, check_positive_int
-from .datasets import DATASETS, Digits, Target, get_dataset, make_splits
-from .evaluation import evaluate
-from .flows import TRANSFORMS, build_flow
-from .mixture import INIT_RESTARTS
-from .study_runner import run_many
-from .training import TrainingDivergedError, fit, load_checkpoint
+from .. import training
+from ..baselines import RAD
+from ..checks import check_choice, check_positive_int
+from ..datasets import DATASETS, Digits, Target, get_dataset, make_splits
+from ..evaluation import evaluate
+from ..flows import TRANSFORMS, build_flow
+from ..mixture import INIT_RESTARTS
+from ..training import TrainingDivergedError, fit, load_checkpoint
+from . import report
+from .budgets import count_parameters, matched_hidden_features, matched_rad_hidden_features
+from .report import mean_std, pm
+from .runner import run_many
 
 __all__ = [
     "BASES",
     "MODELS",
     "MIN_COMPONENTS",
+    "CSV_COLUMNS",
+    "ARRAY_FILES",
     "RunSpec",
-    "count_parameters",
     "default_num_components",
-    "matched_hidden_features",
-    "matched_rad_hidden_features",
     "run_one",
     "spec_key",
     "run_comparison",
     "run_study",
     "summarize",
     "paired_differences",
-    "write_csv",
-    "read_csv",
     "write_markdown",
     "plot_density_grid",
-    "save_densities",
-    "save_row_arrays",
+    "write_arrays",
+    "read_results",
     "main",
 ]
 
@@ -87,6 +88,12 @@ MODELS = (*BASES, "rad")  # what RunSpec.base may name: a flow's base, or the RA
 _ROW_FORMAT = 3  # bump when run_one's rows change, so that cached rows are not reused
 NUM_SAMPLES_RECORDED = 2000  # model samples a row keeps for figures (with density_resolution, D = 2)
 MIN_COMPONENTS = 32  # the least K of a MoG base; more when the target lists more point modes
+KL_TARGETS = {"eight_gaussians": 0.02, "grid": 0.02}  # the report checks MoG + NSF KL < threshold (nats) on these
+ARRAY_FILES = {"density": "densities", "samples": "samples"}  # a row's arrays -> NAME_<file>.npz
+INTEGER_COLUMNS = ("features", "seed", "num_components", "num_layers", "hidden_features", "parameters")
+INTEGER_COLUMNS += ("mog_parameters", "steps", "batch_size", "num_train", "num_val", "num_test", "checkpoint_every")
+INTEGER_COLUMNS += ("num_pieces",)
+TEXT_COLUMNS = ("dataset", "base", "transform", "error")
 METRICS = ("nll", "kl", "mode_coverage", "seconds_per_step")
 CSV_COLUMNS = (
     "dataset",
@@ -172,79 +179,12 @@ class RunSpec:
             raise ValueError(f"seed must be a non-negative integer; got {self.seed!r}")
 
 
-def count_parameters(module: torch.nn.Module) -> int:
-    """Number of trainable scalars."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def default_num_components(target: Target) -> int:
     """K = max(M, `MIN_COMPONENTS` = 32), M the number of point modes the target lists (0 when it lists none).
 
-    Not K = M: several Gaussians per mode or piece leave the flow less to bend and fewer ways to get stuck. The
-    rule was chosen on the validation NLL of seeds the study does not report (3-6), against the earlier
-    K = max(M, 8):
-    - curved pieces and no point modes, seed 3, K = 32 against K = 8, nsf / maf / realnvp: rings 2.71 / 2.86 /
-      2.90 against 2.72 / 3.38 / 3.46, spirals 2.71 / 2.79 / 2.81 against 2.73 / 3.28 / 3.41, moons 2.930 /
-      2.930 / 2.930 against 2.932 / 2.952 / 2.968, digits 54.2 / 56.5 / 58.6 against 55.0 / 57.5 / 59.9;
-    - nsf, where K = 8 got stuck on some seeds: pinwheel 2.313 / 2.337 / 2.334 against 2.356 / 2.364 / 2.343
-      (seeds 4-6), checkerboard 3.537 / 3.523 against 3.631 / 3.656 (seeds 4, 5; seed 3: 3.531 against 3.520);
-    - maf / realnvp, seed 3: pinwheel 2.338 / 2.338 against 2.408 / 2.526, checkerboard 3.642 / 3.643 against
-      3.647 / 3.718;
-    - no worse than 0.002 on eight_gaussians and the grid (seed 3); the 10-D mixture (seed 3): 6.364 / 6.377 /
-      6.361 against 6.343 / 6.378 / 6.426 (K = 10)."""
+    Not K = M: several Gaussians per mode or piece leave the flow less to bend and fewer ways to get stuck."""
     modes = getattr(target, "modes", None)
     return max(MIN_COMPONENTS, 0 if modes is None else int(modes.shape[0]))
-
-
-def _flow_parameters(features: int, base: str, transform: str, num_layers: int, hidden: int, components: int) -> int:
-    flow = build_flow(
-        features,
-        base=base,
-        transform=transform,
-        num_layers=num_layers,
-        hidden_features=hidden,
-        num_components=components,
-    )
-    return count_parameters(flow)
-
-
-def matched_hidden_features(
-    features: int, transform: str, *, num_layers: int, hidden_features: int, num_components: int
-) -> tuple[int, int, int]:
-    """The Gaussian-base flow's width for an equal budget: the smallest h ≥ `hidden_features` whose
-    Gaussian-base flow has at least as many parameters as the MoG-base flow of width `hidden_features`.
-
-    Returns (h, parameters of that Gaussian-base flow, parameters of the MoG-base flow)."""
-    budget = _flow_parameters(features, "mog", transform, num_layers, hidden_features, num_components)
-    hidden = hidden_features
-    while (count := _flow_parameters(features, "gaussian", transform, num_layers, hidden, num_components)) < budget:
-        hidden += 1
-    return hidden, count, budget
-
-
-def _rad_parameters(features: int, num_pieces: int, num_layers: int, hidden: int) -> int:
-    return count_parameters(RAD(features, num_pieces=num_pieces, num_layers=num_layers, hidden_features=hidden))
-
-
-def matched_rad_hidden_features(
-    features: int, transform: str, *, num_layers: int, hidden_features: int, num_components: int, num_pieces: int
-) -> tuple[int, int, int]:
-    """RAD's width for an equal budget: the smallest h ≥ 1 whose `RAD(features, num_pieces=num_pieces,
-    num_layers=num_layers, hidden_features=h)` has at least as many parameters as the MoG-base flow of `transform`
-    and width `hidden_features` (RAD's count grows with h, so a bisection finds it).
-
-    Returns (h, parameters of that RAD, parameters of the MoG-base flow)."""
-    budget = _flow_parameters(features, "mog", transform, num_layers, hidden_features, num_components)
-    low, high = 1, max(hidden_features, 1)
-    while _rad_parameters(features, num_pieces, num_layers, high) < budget:
-        low, high = high + 1, 2 * high
-    while low < high:  # the smallest h in [low, high] with count(h) ≥ budget
-        middle = (low + high) // 2
-        if _rad_parameters(features, num_pieces, num_layers, middle) >= budget:
-            high = middle
-        else:
-            low = middle + 1
-    return low, _rad_parameters(features, num_pieces, num_layers, low), budget
 
 
 def _build_model(spec: RunSpec, features: int, num_components: int) -> tuple[torch.nn.Module, int, int]:
@@ -336,7 +276,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         seconds_per_step=history.wall_time / max(history.steps, 1),
     )
     if spec.density_resolution and D == 2:
-        from .plotting import density_on_grid
+        from ..plotting import density_on_grid
 
         with torch.no_grad():
             _, density = density_on_grid(
@@ -388,17 +328,6 @@ def run_comparison(
 
 
 # ---------------------------------------------------------------------------------------------------- reductions
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1 in the denominator; NaN for one value)."""
-    if not values:
-        return math.nan, math.nan
-    mean = math.fsum(values) / len(values)
-    if len(values) == 1:
-        return mean, math.nan
-    # not statistics.stdev: it fails on NaN (KL of a target without an exact density), which should propagate
-    return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (len(values) - 1))
-
-
 def _ok(row: dict[str, Any]) -> bool:
     return not row.get("error")
 
@@ -408,8 +337,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
     Each summary has dataset, base, transform, features, num_components, hidden_features, parameters,
     mog_parameters, steps, "runs" (rows), "failed" (diverged rows, left out of the statistics), "n" (rows used)
-    and `<metric>_mean`, `<metric>_std` for nll, kl, mode_coverage and seconds_per_step (sample std, n - 1;
-    NaN with one seed)."""
+    and `<metric>_mean`, `<metric>_std` for nll, kl, mode_coverage and seconds_per_step (`report.mean_std`:
+    sample std, NaN with one seed; a NaN metric, such as the KL of a target without an exact density, gives NaN)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["base"], row["transform"]), []).append(row)
@@ -429,7 +358,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for metric in METRICS:
             values = [float(row[metric]) for row in good if metric in row]
-            summary[f"{metric}_mean"], summary[f"{metric}_std"] = _mean_std(values)
+            summary[f"{metric}_mean"], summary[f"{metric}_std"] = mean_std(values)
         summaries.append(summary)
     return summaries
 
@@ -453,7 +382,7 @@ def paired_differences(
     for (dataset, transform), by_base in values.items():
         seeds = sorted(set(by_base[base]) & set(by_base[reference]))
         diffs = [by_base[base][s] - by_base[reference][s] for s in seeds]
-        mean, std = _mean_std(diffs)
+        mean, std = mean_std(diffs)
         out.append(
             {
                 "dataset": dataset,
@@ -468,47 +397,6 @@ def paired_differences(
 
 
 # ---------------------------------------------------------------------------------------------------- writers
-def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, *, columns: Sequence[str] = CSV_COLUMNS) -> None:
-    """One line per run with `columns` (default `CSV_COLUMNS`; arrays such as "density" are left out)."""
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-_INTEGER_COLUMNS = {"features", "seed", "num_components", "num_layers", "hidden_features", "parameters"} | {
-    "mog_parameters",
-    "steps",
-    "batch_size",
-    "num_train",
-    "num_val",
-    "num_test",
-    "checkpoint_every",
-    "num_pieces",
-}
-
-
-def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows `write_csv` wrote, with numbers as int / float again (NaN for empty cells)."""
-
-    def parse(key: str, value: str) -> Any:
-        if key in ("dataset", "base", "transform", "error"):
-            return value
-        if key in _INTEGER_COLUMNS:
-            return int(value)
-        return float(value) if value not in ("", "None") else math.nan
-
-    with open(path, newline="") as file:
-        return [{key: parse(key, value) for key, value in row.items()} for row in csv.DictReader(file)]
-
-
-def _pm(mean: float, std: float, digits: int = 3) -> str:
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def write_markdown(
     rows: Sequence[dict[str, Any]],
     path: str | os.PathLike,
@@ -517,12 +405,11 @@ def write_markdown(
     kl_targets: dict[str, float] | None = None,
 ) -> str:
     """The results table (one line per dataset × transform, both bases side by side, mean ± std over seeds), the
-    parameter counts, the settings, the issue's targets checked against the numbers, and the list of cases where
-    the MoG base did not lower the test NLL. Writes it to `path` and returns it.
+    parameter counts, the settings, the targets checked against the numbers, and the list of cases where the MoG
+    base did not lower the test NLL. Writes it to `path` and returns it.
 
-    `kl_targets`: {dataset: threshold} for "MoG + NSF reaches KL < threshold" (default: eight_gaussians and grid
-    at 0.02 nats)."""
-    kl_targets = {"eight_gaussians": 0.02, "grid": 0.02} if kl_targets is None else kl_targets
+    `kl_targets`: {dataset: threshold} for "MoG + NSF reaches KL < threshold" (default `KL_TARGETS`)."""
+    kl_targets = KL_TARGETS if kl_targets is None else kl_targets
     summaries = {(s["dataset"], s["base"], s["transform"]): s for s in summarize(rows)}
     pairs = {(p["dataset"], p["transform"]): p for p in paired_differences(rows)}
     first = rows[0]
@@ -578,9 +465,9 @@ def write_markdown(
             lines.append(
                 f"| {dataset}{f' ({failed} failed)' if failed else ''} | {m['features']} | {m['num_components']} "
                 f"| {transform} | {m['steps']} | {g['hidden_features']} / {m['hidden_features']} "
-                f"| {g['parameters']} / {m['parameters']} | {_pm(g['nll_mean'], g['nll_std'])} "
-                f"| {_pm(m['nll_mean'], m['nll_std'])} | {_pm(p['diff_mean'], p['diff_std'])} "
-                f"| {p['mog_wins']}/{p['pairs']} | {_pm(g['kl_mean'], g['kl_std'])} | {_pm(m['kl_mean'], m['kl_std'])} "
+                f"| {g['parameters']} / {m['parameters']} | {pm(g['nll_mean'], g['nll_std'])} "
+                f"| {pm(m['nll_mean'], m['nll_std'])} | {pm(p['diff_mean'], p['diff_std'])} "
+                f"| {p['mog_wins']}/{p['pairs']} | {pm(g['kl_mean'], g['kl_std'])} | {pm(m['kl_mean'], m['kl_std'])} "
                 f"| {coverage} |"
             )
     lines += ["", "## The issue's targets (set for the full run), checked against these numbers", ""]
@@ -591,7 +478,7 @@ def write_markdown(
             continue
         met = m["kl_mean"] < threshold
         lines.append(
-            f"- MoG + NSF KL < {threshold} nats on {dataset}: {_pm(m['kl_mean'], m['kl_std'])} — "
+            f"- MoG + NSF KL < {threshold} nats on {dataset}: {pm(m['kl_mean'], m['kl_std'])} — "
             f"**{'met' if met else 'NOT met'}**"
             + ("" if math.isnan(m["kl_std"]) or not met or m["kl_mean"] + m["kl_std"] < threshold else " (on average)")
             + "."
@@ -615,13 +502,13 @@ def write_markdown(
         m = summaries[(p["dataset"], "mog", p["transform"])]
         if not m["nll_mean"] < g["nll_mean"]:
             losses.append(
-                f"- {p['dataset']}, {p['transform']}: MoG {_pm(m['nll_mean'], m['nll_std'])} vs Gaussian "
-                f"{_pm(g['nll_mean'], g['nll_std'])} nats (ΔNLL {_pm(p['diff_mean'], p['diff_std'])}, MoG lower on "
+                f"- {p['dataset']}, {p['transform']}: MoG {pm(m['nll_mean'], m['nll_std'])} vs Gaussian "
+                f"{pm(g['nll_mean'], g['nll_std'])} nats (ΔNLL {pm(p['diff_mean'], p['diff_std'])}, MoG lower on "
                 f"{p['mog_wins']}/{p['pairs']} seeds)."
             )
         elif p["pairs"] > 1 and p["mog_wins"] < p["pairs"]:
             losses.append(
-                f"- {p['dataset']}, {p['transform']}: lower on average (ΔNLL {_pm(p['diff_mean'], p['diff_std'])}) "
+                f"- {p['dataset']}, {p['transform']}: lower on average (ΔNLL {pm(p['diff_mean'], p['diff_std'])}) "
                 f"but not on every seed ({p['mog_wins']}/{p['pairs']})."
             )
     lines += losses or ["- Nowhere in this run: the MoG base has the lower test NLL on every seed of every cell."]
@@ -655,7 +542,7 @@ def plot_density_grid(
     """Heatmaps, one row per 2-D target: the true density, then the Gaussian-base and the MoG-base flow of
     `transform` and `seed` (densities recorded by `run_one` with `density_resolution`). Targets with D > 2 are
     skipped. Returns False (and writes nothing) when no row has a density to draw."""
-    from .plotting import plot_density_panels
+    from ..plotting import plot_density_panels
 
     chosen = {
         (row["dataset"], row["base"]): row
@@ -678,21 +565,29 @@ def plot_density_grid(
     return True
 
 
-def save_row_arrays(rows: Sequence[dict[str, Any]], path: str | os.PathLike, field: str) -> None:
-    """The tensors the rows recorded under `field` as a compressed .npz, keyed "dataset/base/transform/seed"."""
-    import numpy as np
+def write_arrays(
+    rows: Sequence[dict[str, Any]], out: str | os.PathLike, name: str, fields: Sequence[str] = ("density",)
+) -> list[Path]:
+    """The tensors the rows recorded under each of `fields` ("density" (R, R), "samples" (S, D)) as compressed
+    `out/NAME_<ARRAY_FILES[field]>.npz`, keyed "dataset/base/transform/seed" (`report.write_arrays`). Returns the
+    paths written."""
+    paths = []
+    for field in fields:
+        paths.append(Path(out) / f"{name}_{ARRAY_FILES[field]}.npz")
+        report.write_arrays(rows, paths[-1], field)
+    return paths
 
-    arrays = {
-        f"{row['dataset']}/{row['base']}/{row['transform']}/{row['seed']}": row[field].numpy()
-        for row in rows
-        if field in row
-    }
-    np.savez_compressed(path, **arrays)
 
-
-def save_densities(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """The recorded learned densities (R, R) as a compressed .npz, keyed "dataset/base/transform/seed"."""
-    save_row_arrays(rows, path, "density")
+def read_results(out: str | os.PathLike, name: str) -> list[dict[str, Any]]:
+    """The rows a finished study wrote to `out`: NAME.csv (numbers as int / float again, NaN for empty cells), with
+    the tensors of NAME_densities.npz ("density" (R, R)) and NAME_samples.npz ("samples" (S, D)) where those files
+    exist and hold the row."""
+    out = Path(out)
+    rows = report.read_csv(out / f"{name}.csv", integers=INTEGER_COLUMNS, texts=TEXT_COLUMNS)
+    for field, file in ARRAY_FILES.items():
+        if (out / f"{name}_{file}.npz").exists():
+            rows = report.read_arrays(rows, out / f"{name}_{file}.npz", field)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- command line
@@ -720,7 +615,8 @@ def _parser(default_out: Path) -> argparse.ArgumentParser:
     parser.add_argument("--hidden-features", type=int, default=64, help="conditioner width of the MoG flows")
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=default_out, help=f"results folder (default {default_out})")
+    shown = "the current directory" if str(default_out) == "." else str(default_out)
+    parser.add_argument("--out", type=Path, default=default_out, help=f"results folder (default: {shown})")
     parser.add_argument("--name", help="file stem (default compare_bases, compare_bases_quick with --quick)")
     return parser
 
@@ -732,7 +628,7 @@ def run_study(specs: Sequence[RunSpec], out: Path, name: str, *, workers: int = 
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
 
-    def report(done: int, total: int, row: dict[str, Any]) -> None:
+    def progress(done: int, total: int, row: dict[str, Any]) -> None:
         status = row["error"].splitlines()[0] if row["error"] else f"NLL {row['nll']:.4f}, KL {row['kl']:.4f}"
         model = row["base"] if row["base"] == "rad" else f"{row['transform']} {row['base']}"  # RAD: no transform
         print(
@@ -745,11 +641,12 @@ def run_study(specs: Sequence[RunSpec], out: Path, name: str, *, workers: int = 
     cache_dir = out / f".{name}_cache"
     if any(cache_dir.glob("*.pt")):
         print(f"resuming: runs already in {cache_dir} are not run again")
-    return run_comparison(specs, workers=workers, on_result=report, cache_dir=cache_dir), cache_dir
+    return run_comparison(specs, workers=workers, on_result=progress, cache_dir=cache_dir), cache_dir
 
 
-def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = "experiments/results") -> list[dict]:
-    """The comparison's command line; returns the rows."""
+def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = ".") -> list[dict]:
+    """The comparison's command line; returns the rows. Results go to `--out`, by default `default_out` (the current
+    directory unless the caller names another)."""
     args = _parser(Path(default_out)).parse_args(argv)
     preset = QUICK if args.quick else SMOKE if args.smoke else dict(seeds=[0, 1, 2], steps=2000, digits_steps=500)
     datasets = args.datasets or preset.get("datasets", list(DATASETS))
@@ -781,14 +678,14 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
     ]
     began = time.perf_counter()
     rows, cache_dir = run_study(specs, args.out, name, workers=args.workers)
-    write_csv(rows, args.out / f"{name}.csv")
+    report.write_csv(rows, args.out / f"{name}.csv", CSV_COLUMNS)
     title = "Gaussian base vs mixture-of-Gaussians base" + (" (--quick)" if args.quick else "")
     text = write_markdown(rows, args.out / f"{name}.md", title=title)
     figure_transform = "nsf" if "nsf" in transforms else transforms[0]
     plotted = plot_density_grid(
         rows, args.out / f"{name}.png", transform=figure_transform, seed=seeds[0], resolution=resolution
     )
-    save_densities(rows, args.out / f"{name}_densities.npz")
+    write_arrays(rows, args.out, name, ["density"])
     shutil.rmtree(cache_dir)  # every row is in the files now
     print(text)
     written = [f"{name}.md", f"{name}.csv", f"{name}_densities.npz"] + ([f"{name}.png"] if plotted else [])

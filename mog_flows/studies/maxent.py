@@ -1,5 +1,5 @@
-"""Maximum-entropy flows with a mixture base: three studies over `maxent.fit_maxent` and the problems of
-`maxent_problems`; `main` is the command line of `python experiments/maxent.py`.
+"""Maximum-entropy flows with a mixture base: three studies over `maxent.fit_maxent` and the problems with known
+answers of `studies.maxent_problems`.
 
 a. dirichlet   the MEFN Dirichlet study: α = (1, 2, 3), E[log y_k] = ψ(α_k) - ψ(α₀), an NSF on ℝ² followed by the
                additive logistic map onto the simplex; entropy gap, KL(q ‖ Dirichlet), constraint violations, MMD test.
@@ -9,19 +9,19 @@ c. estimators  the 1-D bimodal problem with {Gaussian base; MoG "exact", "gumbel
                "gumbel-exact", "gumbel-joint", "pathwise"} × τ ∈ {1, 0.5, 0.1, annealed 1 → 0.05} (τ-free ones once)
                × seeds: KL to the answer, bias of the training-time entropy estimate, gradient variance, time per step.
 
-Writes <out>/<name>_{dirichlet,bimodal,estimators}.{md,csv}, <name>.md (all tables and the target checks),
-<name>_bimodal.png and <name>_estimators.png, name = "maxent" ("maxent_quick" with --quick). Each finished run is
-cached in <out>/.<name>_cache/ (`study_runner.run_many`, keyed by its settings), so an interrupted run resumes.
+A Gaussian base gets the narrowest width whose flow has at least the mixture-base flow's parameters
+(`budgets.matched_hidden_features`); every run takes the same number of steps. Summaries are mean ± sample std over
+seeds (`report.mean_std`: std NaN with one seed, NaN where a seed's value is NaN).
 
-    python experiments/maxent.py --workers 2      # the full run, one torch thread per run
-    python experiments/maxent.py --quick          # a few minutes
-    python experiments/maxent.py --smoke --out /tmp/maxent   # seconds, for tests
+`main` (the command line) writes OUT/NAME_{dirichlet,bimodal,estimators}.{md,csv}, OUT/NAME.md (all tables and the
+target checks), OUT/NAME_bimodal.png and OUT/NAME_estimators.png, NAME = "maxent" ("maxent_quick" with --quick),
+OUT the folder given as `--out`. Each finished run is cached in OUT/.NAME_cache/ (`runner.run_many`, keyed by its
+settings), so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -35,22 +35,44 @@ from pathlib import Path
 
 import torch
 
-from .flows import build_flow
-from .maxent import FINAL_TEMPERATURE, fit_maxent
+from ..flows import build_flow
+from ..maxent import FINAL_TEMPERATURE, fit_maxent
+from ..mixture import MixtureOfGaussians
+from ..simplex import simplex_flow
+from . import report
+from .budgets import count_parameters, matched_hidden_features
 from .maxent_problems import bimodal_problem, dirichlet_problem, kl_from_samples, mmd_test
-from .mixture import MixtureOfGaussians
-from .simplex import simplex_flow
-from .study_runner import run_many
+from .report import mean_std, pm
+from .runner import run_many
+
+__all__ = [
+    "TARGETS",
+    "SCHEDULE",
+    "COMPONENTS",
+    "STEPS",
+    "LAYERS",
+    "MAX_PENALTY",
+    "SETTINGS",
+    "Spec",
+    "make_specs",
+    "run_one",
+    "run_all",
+    "largest_orthant_mass",
+    "summarize",
+    "check_targets",
+    "markdown_tables",
+    "write_results",
+    "main",
+]
 
 GUMBEL = ("gumbel-nested", "gumbel-exact", "gumbel-joint")
 TEMPERATURES = ("1", "0.5", "0.1", "annealed")
-TARGETS = {"dirichlet_entropy_gap": 0.01, "dirichlet_kl": 0.01, "bimodal_kl": 0.02}
+TARGETS = {"dirichlet_entropy_gap": 0.01, "dirichlet_kl": 0.01, "bimodal_kl": 0.02}  # thresholds the report checks
 
-# the augmented-Lagrangian schedule per study: c doubles only when ‖R‖ did not fall below 0.9 times its previous value.
-# fit_maxent's defaults (c = 1, γ = 0.25, β = 4) let c grow to hundreds within a few epochs here, and the noise of
-# λ ← λ + c R̂ then dominates (KL 0.15-0.5 on the Dirichlet problem after 3000-4000 steps). The bimodal problems use
-# whitened constraints (unit covariance under the answer), where c = 1 contracts λ fast enough; the Dirichlet
-# constraints (covariance eigenvalues down to ~0.2) start at c = 4.
+# the augmented-Lagrangian schedule per study (penalty c, gamma, beta of fit_maxent): c doubles only when ‖R‖ did not
+# fall below 0.9 times its previous value, so that the noise of λ ← λ + c R̂ stays small. The bimodal problems use
+# whitened constraints (unit covariance under the answer) and start at c = 1; the Dirichlet constraints, less well
+# conditioned, at c = 4.
 SCHEDULE = {
     "dirichlet": dict(penalty=4.0, gamma=0.9, beta=2.0),
     "bimodal": dict(penalty=1.0, gamma=0.9, beta=2.0),
@@ -60,20 +82,13 @@ SCHEDULE = {
 # the keys of the per-problem settings below: each problem of the Dirichlet and bimodal studies, and the estimator study
 RUNS = ("dirichlet", "bimodal-1d", "bimodal-2d", "estimators")
 
-# K of the mixture bases: per problem in the Dirichlet and bimodal studies, one K for the estimator study. Chosen on
-# seeds the study does not report (3-6; development probes). Dirichlet, seeds 3-6: KL 0.015 / 0.004 / 0.003 / 0.003
-# (mean |ΔH| 0.011) with K = 4, 0.003 / 0.003 / 0.001 / 0.007 (mean |ΔH| 0.007) with K = 8. bimodal-2d, mean KL over
-# seeds 3-5, 2 layers, 4000 steps: 0.44 with K = 4 (two runs put 95 % of the mass on one side of an axis), 0.18 with 8,
-# 0.13 with 16, 0.11 with 32, 0.057 with 64, 0.048 with 128; with the study's 4 layers, 16000 steps and c ≤ 16 (below),
-# seeds 3-6: 0.010 / 0.011 / 0.008 / 0.018 with K = 32, 0.010 / 0.012 / 0.006 / 0.006 with K = 128.
+# K of the mixture bases: per problem in the Dirichlet and bimodal studies, one K for the estimator study (chosen on
+# seeds the study does not report)
 COMPONENTS = {"dirichlet": 8, "bimodal-1d": 4, "bimodal-2d": 128, "estimators": 4}
 
-# Steps, flow layers and the cap on c (fit_maxent's max_penalty) of the full study, per problem. bimodal-2d needs
-# longer runs of a deeper flow; held-out seeds 3 / 4 / 5 (development probes), K = 32: KL 0.059 / 0.181 / 0.100 with
-# 2 layers and 4000 steps, 0.020 / 0.058 / 0.035 with 8000 steps, 0.023 / 0.043 / 0.009 with 4 layers and 8000 steps,
-# 0.012 / 0.059 / 0.006 with 2 layers, 16000 steps and c ≤ 16, 0.010 / 0.011 / 0.008 with 4 layers, 16000 steps and
-# c ≤ 16. Without a cap, c kept doubling in runs this long (to 4096 by 16000 steps) and the entropy collapsed (KL
-# 1.2-3.7).
+# Steps, flow layers and the cap on c (fit_maxent's max_penalty) of the full study, per problem: bimodal-2d needs
+# longer runs of a deeper flow, and a cap on c (without one, c keeps doubling in runs this long and the entropy
+# collapses)
 STEPS = {"dirichlet": 5000, "bimodal-1d": 4000, "bimodal-2d": 16000, "estimators": 1000}
 LAYERS = {"dirichlet": 2, "bimodal-1d": 2, "bimodal-2d": 4, "estimators": 2}
 MAX_PENALTY = {"bimodal-2d": 16.0}
@@ -189,22 +204,16 @@ def _problem(name: str):
     return bimodal_problem(features, whiten=True)  # the same solution; conditions the augmented Lagrangian
 
 
-def _parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def _build(spec: Spec, features: int):
-    """The flow of a run; a Gaussian base gets the narrowest conditioner width whose flow has at least as many
-    parameters as the mixture-base flow of the same spec."""
+    """The flow of a run and the parameters of the mixture-base flow of the same spec (the budget); a Gaussian base
+    gets the narrowest conditioner width whose flow has at least that many parameters."""
     common = dict(transform="nsf", num_layers=spec.layers)
     mog_kwargs = dict(base="mog", hidden_features=spec.hidden, num_components=spec.components)
-    reference = _parameters(build_flow(features, **common, **mog_kwargs))
+    hidden, _, reference = matched_hidden_features(
+        features, "nsf", num_layers=spec.layers, hidden_features=spec.hidden, num_components=spec.components
+    )
     torch.manual_seed(spec.seed)
     if spec.base == "gaussian":
-        hidden = spec.hidden
-        while _parameters(build_flow(features, base="gaussian", hidden_features=hidden, **common)) < reference:
-            hidden += 1
-        torch.manual_seed(spec.seed)
         flow = build_flow(features, base="gaussian", hidden_features=hidden, **common)
     else:
         extra = {"num_inner": spec.num_inner} if spec.estimator == "gumbel-nested" else {}
@@ -251,7 +260,7 @@ def _training_entropy(flow, num_samples: int, chunk: int = 1024) -> float:
 
 
 @torch.no_grad()
-def _largest_orthant_mass(flow, num_samples: int, chunk: int = 8192) -> float:
+def largest_orthant_mass(flow, num_samples: int, chunk: int = 8192) -> float:
     """The largest share of `num_samples` exact samples that falls in one orthant (one sign pattern of x)."""
     counts = None
     for start in range(0, num_samples, chunk):
@@ -280,7 +289,7 @@ def run_one(spec: Spec) -> dict:
     problem = _problem(spec.problem)
     flow, reference_parameters = _build(spec, problem.features)
     mixture = next((m for m in flow.modules() if isinstance(m, MixtureOfGaussians)), None)
-    row = {**asdict(spec), "label": spec.label, "parameters": _parameters(flow), "true_entropy": problem.entropy}
+    row = {**asdict(spec), "label": spec.label, "parameters": count_parameters(flow), "true_entropy": problem.entropy}
     row["grad_var_init"] = _gradient_variance(flow, spec.gradient_repeats, spec.batch_size, spec.seed)
     began = time.perf_counter()
     result = fit_maxent(
@@ -327,7 +336,7 @@ def run_one(spec: Spec) -> dict:
             row["mmd2"], row["mmd_p"] = math.nan, math.nan
         # the bimodal answers put 2^-D of their mass in each orthant; a flow that favours some modes does not
         row["largest_orthant_mass"] = (
-            _largest_orthant_mass(flow, min(spec.eval_samples, 2**16)) if spec.problem != "dirichlet" else math.nan
+            largest_orthant_mass(flow, min(spec.eval_samples, 2**16)) if spec.problem != "dirichlet" else math.nan
         )
         if problem.features == 1:
             grid = torch.linspace(-3.5, 3.5, 141).unsqueeze(-1)
@@ -340,7 +349,7 @@ def _spec_key(spec: Spec) -> str:
 
 
 def run_all(specs: Sequence[Spec], cache: Path | None, *, workers: int = 1, log=print) -> list[dict]:
-    """`run_one` for every spec (`study_runner.run_many`: a pool of `workers` processes, rows cached in `cache`)."""
+    """`run_one` for every spec (`runner.run_many`: a pool of `workers` processes, rows cached in `cache`)."""
     began = time.perf_counter()
 
     def report(done: int, total: int, row: dict) -> None:
@@ -402,15 +411,6 @@ def make_specs(mode: str, seeds: int | None = None) -> list[Spec]:
     return specs
 
 
-def _mean_std(values):
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
 def summarize(rows: list[dict], keys=("problem", "label")) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -430,15 +430,15 @@ def summarize(rows: list[dict], keys=("problem", "label")) -> list[dict]:
             "kl", "entropy", "entropy_gap", "max_violation", "entropy_bias", "grad_var_init", "grad_var_final",
             "seconds_per_step", "steps_taken", "mmd2", "mmd_p", "largest_orthant_mass",
         ):  # fmt: skip
-            entry[name], entry[f"{name}_std"] = _mean_std([m[name] for m in members])
-        entry["abs_entropy_gap"] = _mean_std([abs(m["entropy_gap"]) for m in members])[0]
+            entry[name], entry[f"{name}_std"] = mean_std(m[name] for m in members)
+        entry["abs_entropy_gap"] = mean_std(abs(m["entropy_gap"]) for m in members)[0]
         entry["mmd_rejections"] = sum(m["mmd_p"] < 0.05 for m in members if math.isfinite(m["mmd_p"]))
         summary.append(entry)
     return summary
 
 
 def check_targets(summary: list[dict]) -> list[tuple[str, str, bool]]:
-    """(what, the numbers, met) for each target of the issue, from the summarised numbers."""
+    """(what, the numbers, met) for each threshold of `TARGETS`, from the summarised numbers."""
     checks = []
     for entry in summary:
         if entry["problem"] == "dirichlet" and entry["base"] == "mog":
@@ -463,20 +463,11 @@ def check_targets(summary: list[dict]) -> list[tuple[str, str, bool]]:
 CSV_SKIP = ("density",)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    columns = [k for k in rows[0] if k not in CSV_SKIP]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in columns})
+CSV_DIGITS = 6  # significant digits of the floats in the CSV files
 
 
-def _pm(entry, name, digits=4):
-    mean, std = entry[name], entry[f"{name}_std"]
-    if not math.isfinite(mean):
-        return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if entry["seeds"] > 1 else f"{mean:.{digits}f}"
+def _pm(entry: dict, name: str, digits: int = 4) -> str:
+    return pm(entry[name], entry[f"{name}_std"], digits)
 
 
 def _components(entry) -> str:
@@ -536,7 +527,7 @@ def markdown_tables(summaries: dict[str, list[dict]]) -> dict[str, str]:
 
 
 def plot_estimators(summary: list[dict], path: Path) -> None:
-    from .plotting import plt
+    from ..plotting import plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     labels = [e["label"] for e in summary]
@@ -560,7 +551,7 @@ def plot_estimators(summary: list[dict], path: Path) -> None:
 def plot_bimodal(rows: list[dict], path: Path) -> None:
     problem = bimodal_problem(1)
     grid = torch.linspace(-3.5, 3.5, 141)
-    from .plotting import plt
+    from ..plotting import plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(grid, problem.log_prob(grid.unsqueeze(-1)).exp(), "k", lw=2, label="exact max-ent solution")
@@ -585,7 +576,8 @@ def write_results(rows: list[dict], out: Path, name: str, command: str, wall: fl
             summaries[study] = summarize(by_study[study])
             for entry in summaries[study]:
                 entry["study"] = study
-            write_csv(by_study[study], out / f"{name}_{study}.csv")
+            columns = [k for k in by_study[study][0] if k not in CSV_SKIP]
+            report.write_csv(by_study[study], out / f"{name}_{study}.csv", columns, digits=CSV_DIGITS)
     tables = markdown_tables(summaries)
     for study, table in tables.items():
         (out / f"{name}_{study}.md").write_text(table + "\n")
@@ -606,13 +598,17 @@ def write_results(rows: list[dict], out: Path, name: str, command: str, wall: fl
     return checks
 
 
-def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = "experiments/results") -> list[dict]:
-    """The command line of `python experiments/maxent.py`; returns the rows."""
-    parser = argparse.ArgumentParser(prog="maxent", description=__doc__.split("\n\n")[0])
+def main(
+    argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = ".", prog: str = "maxent"
+) -> list[dict]:
+    """The studies' command line; returns the rows. Results go to `--out`, by default `default_out` (the current
+    directory unless the caller names another); `prog` names the command in the help and in NAME.md."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short runs, one seed")
     mode.add_argument("--smoke", action="store_true", help="tiny settings, for tests")
-    parser.add_argument("--out", type=Path, default=Path(default_out), help=f"results folder (default {default_out})")
+    shown = "the current directory" if str(default_out) == "." else str(default_out)
+    parser.add_argument("--out", type=Path, default=Path(default_out), help=f"results folder (default: {shown})")
     parser.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     parser.add_argument("--studies", default="dirichlet,bimodal,estimators", help="comma-separated subset")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel runs")
@@ -634,7 +630,7 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
         print(f"resuming: runs already in {cache} are not run again")
     began = time.perf_counter()
     rows = run_all(specs, cache, workers=args.workers, log=lambda text: print(text, flush=True))
-    command = "python experiments/maxent.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    command = prog + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     checks = write_results(rows, args.out, name, command, sum(r["train_seconds"] for r in rows))
     if cache is not None:
         shutil.rmtree(cache, ignore_errors=True)  # every row is in the files now

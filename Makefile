@@ -30,7 +30,7 @@ bench: setup
 	$(PY) benchmarks/bench_mixture.py
 
 docs: $(VENV)/.docs-installed
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 $(VENV)/.docs-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"

@@ -21,7 +21,9 @@ from mkdocs.structure.files import File
 
 RESULT_DIRS = ("experiments/results", "benchmarks/results")
 SERVED = {".png", ".csv"}
-INCLUDE = re.compile(r"^<!-- include: (?P<path>[^#\s]+)(?:#(?P<section>[^=]+?))?(?: shift=(?P<shift>\d))? -->$", re.MULTILINE)
+INCLUDE = re.compile(
+    r"^<!-- include: (?P<path>[^#\s]+)(?:#(?P<section>[^=]+?))?(?: shift=(?P<shift>\d))? -->$", re.MULTILINE
+)
 HEADING = re.compile(r"^(?P<level>#{1,6}) (?P<title>.*?)\s*$")
 
 

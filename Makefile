@@ -1,9 +1,10 @@
-# `make demo`: set up .venv and run the quick comparison; `make test`: set up .venv and run the CI tests.
+# `make demo`: set up .venv and run the quick comparison; `make test`: set up .venv and run the CI tests;
+# `make docs`: add the docs extra to .venv and build the site into site/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all lint bench
+.PHONY: setup demo test test-all lint bench docs
 
 setup: $(VENV)/.installed
 
@@ -27,3 +28,10 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_mixture.py
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $@

@@ -210,7 +210,8 @@ def build_flow(
             last permutation that undoes their product, so that a new flow is the identity.
         hidden_features: width of the conditioner networks (and of a conditional base's context network).
         context_features: C; makes transforms and a "mog" base conditional on a context (N, C).
-        num_bins, tail_bound: spline settings for "nsf" (identity outside [-tail_bound, tail_bound]).
+        num_bins: spline bins for "nsf".
+        tail_bound: the "nsf" splines are the identity outside [-tail_bound, tail_bound].
     """
     check_positive_int("features", features)
     check_positive_int("num_layers", num_layers)

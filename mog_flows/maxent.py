@@ -398,8 +398,10 @@ def fit_maxent(
         penalty: the initial c (the authors use 0.05 with 3000-step epochs; 1 suits shorter epochs).
         max_penalty: None (no cap, as in the paper), or the largest c the schedule may reach (≥ penalty); long runs
             need one (see `augmented_lagrangian_update`).
-        gamma, beta, alpha, penalty_test: the schedule's γ, β, test level α, and the statistic of the test that
-            decides c ("split" or the authors' "norm"; see `augmented_lagrangian_update`).
+        gamma: the schedule's γ (see `augmented_lagrangian_update`).
+        beta: the schedule's β.
+        alpha: the test level α.
+        penalty_test: the statistic of the test that decides c ("split" or the authors' "norm").
         test_batches: E ≥ 2 batches of B fresh samples after each epoch, for the λ update and the two tests (the
             authors use 1000 batches of 1000).
         eval_samples: exact samples for the final entropy and violation.

@@ -1,20 +1,28 @@
-# `make demo`: set up .venv and run the quick comparison; `make test`: set up .venv and run the CI tests;
-# `make docs`: add the docs extra to .venv and build the site into site/.
+# `make demo`: set up .venv with the package alone and run the quick comparison; `make test`: add the test and
+# benchmark extras and run the CI tests; `make docs`: add the docs extra and build the site into site/;
+# `make dist`: add the dev extra, build the sdist and wheel into dist/ and check them with twine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all lint bench docs
+.PHONY: setup demo test test-all lint bench docs dist
 
-setup: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml constraints.txt
+# the package and its dependencies only: what `make demo` needs
+$(VENV)/.core-installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+# the test extra, and the benchmark's peers (zuko, pyro, normflows): tests/test_experiments.py runs the benchmark,
+# whose adapters for the peers are only exercised where they are installed
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: $(VENV)/.core-installed
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench]"
 	touch $@
 
-demo: setup
+demo: $(VENV)/.core-installed
 	$(PY) experiments/compare_bases.py --quick
 
 test: setup
@@ -34,4 +42,14 @@ docs: $(VENV)/.docs-installed
 
 $(VENV)/.docs-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $@
+
+# an isolated build: pip fetches setuptools (build-system.requires) from the configured index
+dist: $(VENV)/.dev-installed
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
+$(VENV)/.dev-installed: $(VENV)/.core-installed
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@

@@ -19,6 +19,7 @@ from nflows.transforms import (
     MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
     Permutation,
     PiecewiseRationalQuadraticCouplingTransform,
+    PointwiseAffineTransform,
     RandomPermutation,
     ReversePermutation,
 )
@@ -197,6 +198,7 @@ def build_flow(
     context_features: int | None = None,
     num_bins: int = 8,
     tail_bound: float = 5.0,
+    standardize: torch.Tensor | None = None,
     **base_kwargs,
 ) -> Flow:
     """An nflows `Flow` of `num_layers` transforms over a base distribution.
@@ -212,6 +214,11 @@ def build_flow(
         context_features: C; makes transforms and a "mog" base conditional on a context (N, C).
         num_bins: spline bins for "nsf".
         tail_bound: the "nsf" splines are the identity outside [-tail_bound, tail_bound].
+        standardize: None, or data (N, D): the flow's first transform becomes the fixed affine map
+            z = (x - m) / s, m and s the mean and standard deviation of each feature over the rows (s = 1 where a
+            feature is constant), so that data in any units meet the layers and the base near unit scale, while
+            `log_prob` stays in the data's units (it includes -Σ_d log s_d). m and s are buffers, saved in the
+            state dict: to rebuild a saved flow, pass any (1, D) tensor and load the state dict.
     """
     check_positive_int("features", features)
     check_positive_int("num_layers", num_layers)
@@ -225,7 +232,7 @@ def build_flow(
         raise ValueError(f"transform='realnvp' needs features >= 2 (it splits the features); got {features}")
     distribution = _make_base(features, base, num_components, context_features, hidden_features, dict(base_kwargs))
 
-    layers = []
+    layers = [] if standardize is None else [_standardizing_transform(standardize, features)]
     for index in range(num_layers):
         if features > 1:
             layers.append(ReversePermutation(features) if index % 2 == 0 else RandomPermutation(features))
@@ -239,6 +246,20 @@ def build_flow(
                 net = net[layer._permutation]  # x[:, p1][:, p2] = x[:, p1[p2]]
         layers.append(Permutation(torch.argsort(net)))
     return Flow(CompositeTransform(layers), distribution, features=features, context_features=context_features)
+
+
+def _standardizing_transform(data: torch.Tensor, features: int) -> PointwiseAffineTransform:
+    """x -> (x - m) / s over the rows of data (N, D), computed in float64, in the default dtype."""
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"standardize must be None or a data tensor (N, {features}); got {type(data).__name__}")
+    data = check_features("standardize", data.detach(), features)
+    if data.shape[0] == 0:
+        raise ValueError(f"standardize must have at least one row; got shape {tuple(data.shape)}")
+    data = data.double()
+    mean, std = data.mean(0), data.std(0, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    dtype = torch.get_default_dtype()
+    return PointwiseAffineTransform(shift=(-mean / std).to(dtype), scale=(1 / std).to(dtype))
 
 
 def _coupling_mask(features: int, index: int) -> torch.Tensor:

@@ -515,3 +515,50 @@ def test_a_given_standard_normal_base_of_the_wrong_size_is_refused():
 
     with pytest.raises(ValueError, match="has 3 features but build_flow got features=2"):
         build_flow(2, base=StandardNormal([3]))
+
+
+# ------------------------------------------------------------------------------------------------- standardize
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_standardize_is_a_z_scoring_first_transform_in_the_data_units(transform):
+    # data far from unit scale, one constant feature (scale 1 there)
+    generator = torch.Generator().manual_seed(5)
+    data = torch.randn(200, 3, generator=generator, dtype=torch.float64) * torch.tensor([100.0, 0.01, 0.0])
+    data = data + torch.tensor([1e3, -5.0, 7.0], dtype=torch.float64)
+    mean, std = data.mean(0), data.std(0, correction=0)
+    std[2] = 1.0
+    flow = make_flow(transform, features=3, standardize=data.float())
+    plain = make_flow(transform, features=3)  # the same seed: the same layers and base, without the map
+    x = data[:16]
+    expected = plain.log_prob((x - mean) / std) - std.log().sum()
+    torch.testing.assert_close(flow.log_prob(x), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # sampling maps the plain flow's samples back to the data's units
+        torch.manual_seed(3)
+        samples = flow.sample(64)
+        torch.manual_seed(3)
+        expected_samples = plain.sample(64) * std + mean
+    torch.testing.assert_close(samples, expected_samples, rtol=1e-5, atol=1e-5)
+
+
+def test_a_standardized_flow_rebuilt_from_a_placeholder_loads_its_state():
+    data = torch.randn(50, 2) * 30 + 100
+    torch.manual_seed(0)
+    flow = build_flow(2, standardize=data, **SMALL)
+    perturb(flow, 0.1)
+    torch.manual_seed(0)
+    rebuilt = build_flow(2, standardize=torch.zeros(1, 2), **SMALL)
+    rebuilt.load_state_dict(flow.state_dict())
+    torch.testing.assert_close(rebuilt.log_prob(data), flow.log_prob(data), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "standardize, error, match",
+    [
+        ([[1.0, 2.0]], TypeError, r"standardize must be None or a data tensor \(N, 2\); got list"),
+        (torch.zeros(4, 3), ValueError, r"standardize must have shape \(N, 2\); got \(4, 3\)"),
+        (torch.zeros(0, 2), ValueError, r"standardize must have at least one row"),
+        (torch.tensor([[0.0, float("nan")]]), ValueError, r"standardize must be finite"),
+    ],
+)
+def test_bad_standardize_data_is_refused(standardize, error, match):
+    with pytest.raises(error, match=match):
+        build_flow(2, standardize=standardize)

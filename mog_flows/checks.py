@@ -12,6 +12,10 @@ __all__ = [
     "check_finite",
     "check_positive_int",
     "check_positive_number",
+    "check_optional_positive_number",
+    "check_number_in",
+    "check_seed",
+    "check_bool",
     "check_temperature",
     "temperature_limits",
     "check_num_samples",
@@ -37,6 +41,40 @@ def check_positive_number(name: str, value: float) -> float:
     """A finite real number > 0 (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return value
+
+
+def check_optional_positive_number(name: str, value: float | None) -> float | None:
+    """None, or a real number > 0 (not a bool), +inf included (e.g. "no limit"); returned as a float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0 or None; got {value!r}")
+    return float(value)
+
+
+def check_number_in(name: str, value: float, low: float, high: float, *, closed_high: bool = False) -> float:
+    """A real number (not a bool) in (low, high), or in (low, high] with `closed_high`."""
+    inside = isinstance(value, (int, float)) and not isinstance(value, bool) and low < value
+    inside = inside and (value <= high if closed_high else value < high) and math.isfinite(value)
+    if not inside:
+        interval = f"({low:g}, {high:g}{']' if closed_high else ')'}"
+        what = f"> {low:g}" if math.isinf(high) else f"in {interval}"
+        raise ValueError(f"{name} must be a finite number {what}; got {value!r}")
+    return value
+
+
+def check_seed(value: int, name: str = "seed") -> int:
+    """An integer in [0, 2**63) (not a bool): what torch.manual_seed and the derived seeds can take."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"{name} must be an integer in [0, 2**63); got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: bool) -> bool:
+    """True or False (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
     return value
 
 

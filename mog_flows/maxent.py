@@ -44,12 +44,11 @@ and SIGHUP (a closed terminal) interrupt as Ctrl-C does, with KeyboardInterrupt(
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +57,40 @@ from nflows.distributions import Distribution
 from torch import Tensor
 from tqdm import tqdm
 
-from .checks import check_choice, check_finite, check_positive_int
+from .checks import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_number_in,
+    check_optional_positive_number,
+    check_positive_int,
+    check_seed,
+)
 from .mixture import MixtureOfGaussians
-from .training import (
-    TrainingDivergedError,
-    _check_checkpoint_dir,
-    _check_mixture_settings,
-    _check_state_fits,
-    _eval_mode,
-    _first_line,
-    _InterruptGuard,
-    _write_atomic,
+from .runs import (
+    InterruptGuard,
+    capture_rng,
+    check_checkpoint_dir,
+    check_mixture_settings,
+    check_resume_config,
+    check_temperature_schedule,
+    diverged,
+    eval_mode,
+    first_line,
+    forked_rng,
+    geometric_temperature,
+    load_training_state,
+    non_finite_parameters,
+    read_checkpoint,
+    restore_rng,
+    set_temperature,
+    write_atomic,
+    write_config,
 )
 
 __all__ = [
     "fit_maxent",
+    "MaxEntSettings",
     "MaxEntResult",
     "MaxEntHistory",
     "LagrangianUpdate",
@@ -353,6 +371,71 @@ class MaxEntResult:
     steps: int
 
 
+@dataclass(frozen=True)
+class MaxEntSettings:
+    """The settings of one `fit_maxent` run (its arguments, see `fit_maxent` for each; `temperature_schedule`
+    resolved to a pair or None), validated when built. `config()` is what the run's `config.json` and checkpoints
+    hold, beside the target, the statistic's name and the model; a checkpoint resumes only a run whose config
+    matches it entry for entry."""
+
+    steps: int
+    batch_size: int = 512
+    seed: int = 0
+    epoch_steps: int = 500
+    lr: float = 1e-3
+    final_lr: float | None = None
+    penalty: float = 1.0
+    max_penalty: float | None = None
+    gamma: float = 0.25
+    beta: float = 4.0
+    alpha: float = 0.05
+    penalty_test: str = "split"
+    test_batches: int = 32
+    eval_samples: int = 2**15
+    temperature_schedule: tuple[float, float] | None = None
+    max_grad_norm: float | None = 5.0
+    stop_early: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "epoch_steps", "test_batches", "eval_samples", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("batch_size", "test_batches", "eval_samples"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be at least 2; got {getattr(self, name)}")
+        check_seed(self.seed)
+        bounds = {"lr": (0, math.inf), "penalty": (0, math.inf), "gamma": (0, 1), "beta": (1, math.inf)}
+        for name, (low, high) in {**bounds, "alpha": (0, 1)}.items():
+            object.__setattr__(self, name, float(check_number_in(name, getattr(self, name), low, high)))
+        final_lr = self.final_lr
+        if final_lr is not None:
+            if isinstance(final_lr, bool) or not isinstance(final_lr, (int, float)) or not 0 < final_lr <= self.lr:
+                raise ValueError(f"final_lr must be None or a number in (0, lr = {self.lr:g}]; got {final_lr!r}")
+            object.__setattr__(self, "final_lr", float(final_lr))
+        max_penalty = self.max_penalty
+        if max_penalty is not None:
+            if (
+                isinstance(max_penalty, bool)
+                or not isinstance(max_penalty, (int, float))
+                or not self.penalty <= max_penalty < math.inf
+            ):
+                raise ValueError(
+                    f"max_penalty must be None or a finite number ≥ penalty = {self.penalty}; got {max_penalty!r}"
+                )
+            object.__setattr__(self, "max_penalty", float(max_penalty))
+        check_choice("penalty_test", self.penalty_test, PENALTY_TESTS)
+        object.__setattr__(self, "max_grad_norm", check_optional_positive_number("max_grad_norm", self.max_grad_norm))
+        check_bool("stop_early", self.stop_early)
+        if self.temperature_schedule is not None:
+            start, end = self.temperature_schedule
+            object.__setattr__(self, "temperature_schedule", (float(start), float(end)))
+
+    def config(self) -> dict[str, Any]:
+        config = asdict(self)
+        if self.temperature_schedule is not None:
+            config["temperature_schedule"] = list(self.temperature_schedule)
+        return config
+
+
 # ----------------------------------------------------------------------------------------------- fit_maxent
 def fit_maxent(
     flow: Distribution,
@@ -429,24 +512,7 @@ def fit_maxent(
         KeyboardInterrupt: Ctrl-C, SIGTERM or SIGHUP (the latter two where they have their default handlers and
             `fit_maxent` runs in the main thread); the last completed epoch is kept in `latest.pt`.
     """
-    _check_arguments(
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        epoch_steps=epoch_steps,
-        test_batches=test_batches,
-        eval_samples=eval_samples,
-        lr=lr,
-        final_lr=final_lr,
-        penalty=penalty,
-        max_penalty=max_penalty,
-        gamma=gamma,
-        beta=beta,
-        alpha=alpha,
-        max_grad_norm=max_grad_norm,
-        progress=progress,
-    )
-    check_choice("penalty_test", penalty_test, PENALTY_TESTS)
+    check_bool("progress", progress)
     if not isinstance(flow, Distribution):
         raise TypeError(f"flow must be an nflows Flow or Distribution; got {type(flow).__name__}")
     if not callable(statistic):
@@ -455,6 +521,25 @@ def fit_maxent(
     if not parameters:
         raise ValueError("flow has no trainable parameters")
     mixtures = [module for module in flow.modules() if isinstance(module, MixtureOfGaussians)]
+    settings = MaxEntSettings(
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        epoch_steps=epoch_steps,
+        lr=lr,
+        final_lr=final_lr,
+        penalty=penalty,
+        max_penalty=max_penalty,
+        gamma=gamma,
+        beta=beta,
+        alpha=alpha,
+        penalty_test=penalty_test,
+        test_batches=test_batches,
+        eval_samples=eval_samples,
+        temperature_schedule=check_temperature_schedule(temperature_schedule, mixtures, auto=FINAL_TEMPERATURE),
+        max_grad_norm=max_grad_norm,
+        stop_early=stop_early,
+    )
     conditional = [m.context_features for m in mixtures if m.context_features is not None]
     if conditional:
         raise ValueError(
@@ -462,30 +547,12 @@ def fit_maxent(
         )
     reference = parameters[0]
     target = _check_target(target, reference.dtype, reference.device)
-    schedule = _resolve_temperature_schedule(temperature_schedule, mixtures)
-    directory = _check_checkpoint_dir(checkpoint_dir)
-    devices = [reference.device] if reference.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _InterruptGuard():
+    directory = check_checkpoint_dir(checkpoint_dir)
+    with forked_rng(reference.device), InterruptGuard():
         _probe(flow, statistic, target)  # before seeding: the probe's draws do not enter the run
         config = {
             "format": CHECKPOINT_FORMAT,
-            "steps": steps,
-            "batch_size": batch_size,
-            "seed": seed,
-            "epoch_steps": epoch_steps,
-            "lr": float(lr),
-            "final_lr": None if final_lr is None else float(final_lr),
-            "penalty": float(penalty),
-            "max_penalty": None if max_penalty is None else float(max_penalty),
-            "gamma": float(gamma),
-            "beta": float(beta),
-            "alpha": float(alpha),
-            "penalty_test": penalty_test,
-            "test_batches": test_batches,
-            "eval_samples": eval_samples,
-            "temperature_schedule": None if schedule is None else list(schedule),
-            "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
-            "stop_early": bool(stop_early),
+            **settings.config(),
             "target": target.tolist(),
             "statistic": getattr(statistic, "__qualname__", type(statistic).__qualname__),
             "model": {
@@ -494,7 +561,7 @@ def fit_maxent(
                 "dtype": str(reference.dtype),
             },
         }
-        run = _Run(flow, statistic, target, parameters, mixtures, schedule, config, directory)
+        run = _Run(flow, statistic, target, parameters, mixtures, settings, config, directory)
         run.start()
         run.train(progress)
         return run.result()
@@ -503,19 +570,21 @@ def fit_maxent(
 class _Run:
     """The state of one maximum-entropy run and the steps that change it."""
 
-    def __init__(self, flow, statistic, target, parameters, mixtures, schedule, config, directory) -> None:
+    def __init__(self, flow, statistic, target, parameters, mixtures, settings: MaxEntSettings, config, directory):
         self.flow, self.statistic, self.target = flow, statistic, target
-        self.parameters, self.mixtures, self.schedule = parameters, mixtures, schedule
+        self.parameters, self.mixtures, self.settings = parameters, mixtures, settings
+        self.schedule = settings.temperature_schedule
         self.config, self.directory = config, directory
-        self.steps, self.batch_size, self.epoch_steps = config["steps"], config["batch_size"], config["epoch_steps"]
-        self.optimizer = torch.optim.Adam(parameters, lr=config["lr"])
+        self.steps, self.batch_size, self.epoch_steps = settings.steps, settings.batch_size, settings.epoch_steps
+        self.device = target.device
+        self.optimizer = torch.optim.Adam(parameters, lr=settings.lr)
         self.multipliers = torch.zeros_like(target)  # λ
-        self.penalty = config["penalty"]  # c
+        self.penalty = settings.penalty  # c
         self.reference = torch.empty(0, dtype=torch.float64)  # the last test batches' penalty-test statistics
         self.history = MaxEntHistory()
         self.step = 0
         self.converged = False
-        self.saved_step = 0  # step of the latest.pt on disk
+        self.saved_step: int | None = None  # step of the latest.pt on disk
         # a run whose training is exact (no Gumbel-relaxed base) has its exact estimates in its training-time ones
         self.exact_training = not any(m.estimator.startswith("gumbel") for m in mixtures)
 
@@ -525,55 +594,45 @@ class _Run:
         if latest is not None and latest.exists():
             self._resume(latest)
             return
-        torch.manual_seed(self.config["seed"])
+        torch.manual_seed(self.settings.seed)
         if self.schedule is not None:
             self._set_temperature(0)
         began = time.perf_counter()
         residuals, _ = self._test_batches()
         # the initial model's statistics: the reference of the first epoch's penalty test
-        self.reference = penalty_statistics(residuals, self.config["penalty_test"])
+        self.reference = penalty_statistics(residuals, self.settings.penalty_test)
         self.history.wall_time = time.perf_counter() - began
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(self.config, indent=2).encode() + b"\n"
-            _write_atomic(self.directory / "config.json", lambda f: f.write(text))
+            write_config(self.directory, self.config)
             self._save()
 
     def _resume(self, path: Path) -> None:
         checkpoint = _read_checkpoint(path)
-        differences = [
-            f"{key}: {checkpoint['config'].get(key)!r} there, {value!r} now"
-            for key, value in self.config.items()
-            if not _same(checkpoint["config"].get(key), value)
-        ]
-        if differences:
-            raise ValueError(
-                f"checkpoint {path} belongs to a run with other settings ({'; '.join(differences)}); call "
-                "fit_maxent with the original arguments to resume it, or use another checkpoint_dir"
-            )
+        check_resume_config(checkpoint["config"], self.config, list(self.config), path, "fit_maxent")
         # under a schedule τ is set at every step (and the schedule's ends are compared above)
-        _check_mixture_settings(self.flow, checkpoint["model"], path, temperature=self.schedule is None)
-        _check_state_fits(self.flow, checkpoint["model"], path)
-        try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as error:
-            raise ValueError(f"checkpoint {path}: the optimizer state does not fit ({_first_line(error)})") from error
-        self.flow.load_state_dict(checkpoint["model"])
-        reference = self.target
-        self.multipliers = checkpoint["multipliers"].to(reference.device, reference.dtype)
+        check_mixture_settings(self.flow, checkpoint["model"], path, temperature=self.schedule is None)
+        step = checkpoint["step"]
+        if not 0 <= step <= self.steps or len(checkpoint["history"]["steps"]) != math.ceil(step / self.epoch_steps):
+            raise ValueError(
+                f"checkpoint {path} is inconsistent: step {step}, {len(checkpoint['history']['steps'])} recorded "
+                f"epochs of {self.epoch_steps} steps, a run of {self.steps} steps"
+            )
+        if checkpoint["multipliers"].shape != self.target.shape:
+            raise ValueError(
+                f"checkpoint {path} is inconsistent: multipliers of shape {tuple(checkpoint['multipliers'].shape)} "
+                f"for {self.target.numel()} constraints"
+            )
+        # the RNG first: a state that cannot be restored must leave the flow untouched
+        restore_rng(checkpoint["rng"], self.device, path, seed=self.settings.seed)
+        load_training_state(self.flow, self.optimizer, checkpoint, path)
+        self.multipliers = checkpoint["multipliers"].to(self.device, self.target.dtype)
         self.penalty = float(checkpoint["penalty"])
         self.reference = checkpoint["reference"].to(torch.float64)
         self.history = MaxEntHistory.from_state_dict(checkpoint["history"])
-        self.step, self.converged = int(checkpoint["step"]), bool(checkpoint["converged"])
+        self.step, self.converged = step, checkpoint["converged"]
         self.saved_step = self.step
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if reference.device.type == "cuda" and "cuda" in checkpoint["rng"]:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], reference.device)
 
     def _save(self) -> None:
-        rng = {"torch": torch.get_rng_state()}
-        if self.target.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.target.device)
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
@@ -585,9 +644,9 @@ class _Run:
             "penalty": self.penalty,
             "reference": self.reference.cpu(),
             "history": self.history.state_dict(),
-            "rng": rng,
+            "rng": capture_rng(self.device),
         }
-        _write_atomic(self.directory / "latest.pt", lambda f: torch.save(checkpoint, f))
+        write_atomic(self.directory / "latest.pt", lambda f: torch.save(checkpoint, f))
         self.saved_step = self.step
 
     # ---------------------------------------------------------------- the loop
@@ -599,7 +658,7 @@ class _Run:
         )
         try:
             self.flow.train()
-            while self.step < self.steps and not (self.converged and self.config["stop_early"]):
+            while self.step < self.steps and not (self.converged and self.settings.stop_early):
                 end = min(self.step + self.epoch_steps, self.steps)
                 while self.step < end:
                     entropy, violation = self._sgd_step()
@@ -640,7 +699,7 @@ class _Run:
         if not torch.isfinite(loss):
             self._diverged(f"the objective is {loss.item()} (entropy estimate {entropy.item()})")
         loss.backward()
-        max_norm = math.inf if self.config["max_grad_norm"] is None else self.config["max_grad_norm"]
+        max_norm = math.inf if self.settings.max_grad_norm is None else self.settings.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm).item()
         if not math.isfinite(grad_norm):
             self._diverged(f"the gradient norm is {grad_norm}")
@@ -649,7 +708,7 @@ class _Run:
 
     def _set_learning_rate(self, step: int) -> None:
         """A function of the step alone, so that a resumed run continues the same schedule."""
-        lr, final = self.config["lr"], self.config["final_lr"]
+        lr, final = self.settings.lr, self.settings.final_lr
         if final is not None:
             progress = step / max(self.steps - 1, 1)
             lr = final + (lr - final) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -657,7 +716,7 @@ class _Run:
             group["lr"] = lr
 
     def _end_epoch(self) -> None:
-        bad = [name for name, p in self.flow.named_parameters() if not torch.isfinite(p).all()]
+        bad = non_finite_parameters(self.flow)
         if bad:
             self._diverged(f"parameters {bad[:5]} became non-finite")
         residuals, entropy = self._test_batches()  # (E, B, m), the training-time entropy estimate
@@ -676,11 +735,11 @@ class _Run:
             self.multipliers,
             self.penalty,
             self.reference,
-            gamma=self.config["gamma"],
-            beta=self.config["beta"],
-            alpha=self.config["alpha"],
-            penalty_test=self.config["penalty_test"],
-            max_penalty=self.config["max_penalty"],
+            gamma=self.settings.gamma,
+            beta=self.settings.beta,
+            alpha=self.settings.alpha,
+            penalty_test=self.settings.penalty_test,
+            max_penalty=self.settings.max_penalty,
         )
         history = self.history
         history.steps.append(self.step)
@@ -704,8 +763,8 @@ class _Run:
         where = (
             f"in the test batches after step {self.step}" if self.step else "in the test batches before the first step"
         )
-        with _eval_mode(self.flow):
-            for _ in range(self.config["test_batches"]):
+        with eval_mode(self.flow):
+            for _ in range(self.settings.test_batches):
                 x, log_q = self.flow.sample_and_log_prob(self.batch_size)
                 values = self._statistic(x, where)
                 residuals.append((values - self.target).to(torch.float64))
@@ -716,10 +775,7 @@ class _Run:
         return torch.stack(residuals), entropy
 
     def _set_temperature(self, step: int) -> None:
-        start, end = self.schedule
-        tau = start * (end / start) ** (min(step, self.steps - 1) / max(self.steps - 1, 1))
-        for mixture in self.mixtures:
-            mixture.temperature = tau
+        set_temperature(self.mixtures, geometric_temperature(self.schedule, step, self.steps))
 
     def _statistic(self, x: Tensor, where: str) -> Tensor:
         """statistic(x) (n, m), checked: of the right shape and finite. Non-finite values on non-finite samples are
@@ -733,23 +789,26 @@ class _Run:
         return values
 
     def _kept(self) -> str:
-        latest = None if self.directory is None else self.directory / "latest.pt"
-        return "No checkpoint_dir was given." if latest is None else f"The last good state is in {latest}."
+        if self.directory is None:
+            return "No checkpoint_dir was given."
+        return f"The last good state is in {self.directory / 'latest.pt'} (step {self.saved_step})."
 
     def _diverged(self, what: str) -> None:
-        latest = None if self.directory is None else self.directory / "latest.pt"
-        kept = self._kept()
-        raise TrainingDivergedError(
-            f"fit_maxent diverged at step {self.step + 1} of {self.steps}: {what}. {kept} "
-            "Try a smaller lr or penalty, or a tighter max_grad_norm.",
+        raise diverged(
+            "fit_maxent",
+            what,
             step=self.step + 1,
-            checkpoint=latest,
+            steps=self.steps,
+            latest=None if self.directory is None else self.directory / "latest.pt",
+            saved_step=self.saved_step,
+            applied=False,
+            advice="Try a smaller lr or penalty, or a tighter max_grad_norm.",
         )
 
     # ---------------------------------------------------------------- the result
     def result(self) -> MaxEntResult:
         neg_log_q, values = _exact_samples(
-            self.flow, lambda x: self._statistic(x, "in the final evaluation"), self.config["eval_samples"]
+            self.flow, lambda x: self._statistic(x, "in the final evaluation"), self.settings.eval_samples
         )
         n = values.shape[0]
         return MaxEntResult(
@@ -770,7 +829,7 @@ def _exact_samples(flow, statistic: Statistic, num_samples: int) -> tuple[Tensor
     """-flow.log_prob(x) (n,) and statistic(x) (n, m), in float64, of n fresh x ~ flow.sample: exact whatever the
     base's `estimator`, which neither `sample` nor `log_prob` consults. `statistic` is the checked one."""
     neg_log_q, values = [], []
-    with _eval_mode(flow):
+    with eval_mode(flow):
         for start in range(0, num_samples, _EVAL_CHUNK):
             x = flow.sample(min(_EVAL_CHUNK, num_samples - start))
             neg_log_q.append(-flow.log_prob(x).to(torch.float64))
@@ -817,7 +876,7 @@ def _probe(flow: Distribution, statistic: Statistic, target: Tensor) -> None:
         x, log_q = flow.sample_and_log_prob(_PROBE_ROWS)
     except Exception as error:
         raise ValueError(
-            f"flow.sample_and_log_prob({_PROBE_ROWS}) fails ({type(error).__name__}: {_first_line(error)}); "
+            f"flow.sample_and_log_prob({_PROBE_ROWS}) fails ({type(error).__name__}: {first_line(error)}); "
             "fit_maxent needs an unconditional flow that can sample"
         ) from error
     if x.dim() != 2 or log_q.shape != (x.shape[0],):
@@ -849,91 +908,16 @@ def _check_target(target: Any, dtype: torch.dtype, device: torch.device) -> Tens
     return target.detach().to(device, dtype)
 
 
-def _check_arguments(**arguments) -> None:
-    for name in ("steps", "epoch_steps", "test_batches", "eval_samples", "batch_size"):
-        check_positive_int(name, arguments[name])
-    for name in ("batch_size", "test_batches", "eval_samples"):
-        if arguments[name] < 2:
-            raise ValueError(f"{name} must be at least 2; got {arguments[name]}")
-    seed = arguments["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2**63); got {seed!r}")
-    ranges = {
-        "lr": (0, math.inf, "> 0"),
-        "penalty": (0, math.inf, "> 0"),
-        "gamma": (0, 1, "in (0, 1)"),
-        "beta": (1, math.inf, "> 1"),
-        "alpha": (0, 1, "in (0, 1)"),
-    }
-    for name, (low, high, text) in ranges.items():
-        value = arguments[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
-            raise ValueError(f"{name} must be a finite number {text}; got {value!r}")
-    final_lr = arguments["final_lr"]
-    if final_lr is not None and (
-        isinstance(final_lr, bool) or not isinstance(final_lr, (int, float)) or not 0 < final_lr <= arguments["lr"]
-    ):
-        raise ValueError(f"final_lr must be None or a number in (0, lr = {arguments['lr']}]; got {final_lr!r}")
-    max_penalty = arguments["max_penalty"]
-    if max_penalty is not None and (
-        isinstance(max_penalty, bool)
-        or not isinstance(max_penalty, (int, float))
-        or not arguments["penalty"] <= max_penalty < math.inf
-    ):
-        raise ValueError(
-            f"max_penalty must be None or a finite number ≥ penalty = {arguments['penalty']}; got {max_penalty!r}"
-        )
-    max_grad_norm = arguments["max_grad_norm"]
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
-    ):
-        raise ValueError(f"max_grad_norm must be a number > 0 or None; got {max_grad_norm!r}")
-    if not isinstance(arguments["progress"], bool):
-        raise ValueError(f"progress must be True or False; got {arguments['progress']!r}")
-
-
-def _resolve_temperature_schedule(schedule: Any, mixtures: list[MixtureOfGaussians]) -> tuple[float, float] | None:
-    if schedule is None:
-        return None
-    if isinstance(schedule, str):
-        if schedule != "auto":
-            raise ValueError(f"temperature_schedule must be 'auto', None or a pair (start, end); got {schedule!r}")
-        gumbel = [m for m in mixtures if m.estimator.startswith("gumbel")]
-        if not gumbel:
-            return None
-        start = gumbel[0].temperature
-        return start, min(start, FINAL_TEMPERATURE)
-    try:
-        start, end = (float(value) for value in schedule)
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"temperature_schedule must be 'auto', None or a pair (start, end); got {schedule!r}"
-        ) from error
-    if not all(math.isfinite(t) and t > 0 for t in (start, end)):
-        raise ValueError(f"temperature_schedule values must be finite and > 0; got {schedule!r}")
-    if not mixtures:
-        raise ValueError("temperature_schedule was given but the flow contains no MixtureOfGaussians")
-    return start, end
-
-
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"checkpoint {path} cannot be read ({type(error).__name__}: {_first_line(error)})") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(
-            f"checkpoint {path} is not a fit_maxent checkpoint: format {found!r}, expected {CHECKPOINT_FORMAT!r}"
-        )
-    return checkpoint
+    entries = {"converged": bool, "multipliers": Tensor, "penalty": (float, int), "reference": Tensor, "history": dict}
+    return read_checkpoint(path, CHECKPOINT_FORMAT, "mog_flows.fit_maxent", entries, _checkpoint_problem)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
-    return a == b
+def _checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
+    history = checkpoint["history"]
+    for key in (*MaxEntHistory._FLOATS, "steps", "multipliers"):
+        if not isinstance(history.get(key), Tensor):
+            return f"history entry {key!r} is missing or not a tensor"
+    if "wall_time" not in history:
+        return "history entry 'wall_time' is missing"
+    return None

@@ -33,17 +33,11 @@ Each `.pt` file is a plain dict of tensors, numbers, strings and lists, readable
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
 import os
-import signal
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +52,43 @@ from nflows.transforms.coupling import PiecewiseCouplingTransform
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checks import check_finite, check_positive_int, check_positive_number
+from .checks import (
+    check_bool,
+    check_finite,
+    check_optional_positive_number,
+    check_positive_int,
+    check_positive_number,
+    check_seed,
+)
 from .mixture import MixtureOfGaussians
+from .nflows_adapters import distribution_features, embed_context, flow_base, flow_transform
+from .runs import (
+    InterruptGuard,
+    TrainingDivergedError,
+    capture_rng,
+    check_checkpoint_dir,
+    check_mixture_settings,
+    check_resume_config,
+    check_state_fits,
+    check_temperature_schedule,
+    derive_seed,
+    diverged,
+    eval_mode,
+    first_line,
+    forked_rng,
+    geometric_temperature,
+    load_training_state,
+    non_finite_parameters,
+    read_checkpoint,
+    restore_rng,
+    set_temperature,
+    write_atomic,
+    write_config,
+)
 
 __all__ = [
     "fit",
+    "FitSettings",
     "History",
     "TrainingDivergedError",
     "load_checkpoint",
@@ -95,35 +121,10 @@ BLOWUP_FACTOR = 100.0
 BLOWUP_STEPS = 3
 _HALF_PRECISION = (torch.float16, torch.bfloat16)
 _PROBE_ROWS = 8  # rows of data tried through model.log_prob before training
-# arguments that change the trajectory: a checkpoint resumes only a run with the same values
-_RESUME_KEYS = (
-    "steps",
-    "batch_size",
-    "lr",
-    "seed",
-    "init_base",
-    "temperature_schedule",
-    "max_grad_norm",
-    "base_lr_factor",
-    "schedule",
-    "model",
-    "data",
-)
-
 # resume keys added after format 1 was fixed, with the value that checkpoints written without them ran with
 _ADDED_RESUME_KEYS = {"base_lr_factor": 1.0}
 
 Data = Tensor | tuple[Tensor, Tensor] | Callable[[int], Any]
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss, the gradient or the parameters became non-finite. `step` is the step (counting from 1) that
-    failed; `checkpoint` the last good `latest.pt` (left as it was), or None without a checkpoint directory."""
-
-    def __init__(self, message: str, *, step: int, checkpoint: Path | None) -> None:
-        super().__init__(message)
-        self.step = step
-        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -179,6 +180,61 @@ class History:
             best_step=state["best_step"],
             wall_time=float(state["wall_time"]),
         )
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The settings of one `fit` run (the arguments of `fit` that shape it; see `fit` for each), validated when
+    built. `config()` is what the run's `config.json` and checkpoints hold, beside the model, data and device;
+    `RESUME_KEYS` the entries a checkpoint must match to be resumed."""
+
+    steps: int
+    batch_size: int = 512
+    lr: float = 1e-3
+    seed: int = 0
+    init_base: bool = True
+    temperature_schedule: tuple[float, float] | None = None
+    max_grad_norm: float | None = 5.0
+    base_lr_factor: float = BASE_LR_FACTOR
+    schedule: str = "cosine"
+    checkpoint_every: int = 100
+
+    # what changes the trajectory (checkpoint_every does not); "model" and "data" describe what is trained
+    RESUME_KEYS = (
+        "steps",
+        "batch_size",
+        "lr",
+        "seed",
+        "init_base",
+        "temperature_schedule",
+        "max_grad_norm",
+        "base_lr_factor",
+        "schedule",
+        "model",
+        "data",
+    )
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("checkpoint_every", self.checkpoint_every)
+        check_seed(self.seed)
+        check_bool("init_base", self.init_base)
+        # Python numbers, so that the config is plain JSON and compares exactly across calls
+        object.__setattr__(self, "lr", float(check_positive_number("lr", self.lr)))
+        object.__setattr__(self, "base_lr_factor", float(check_positive_number("base_lr_factor", self.base_lr_factor)))
+        object.__setattr__(self, "max_grad_norm", check_optional_positive_number("max_grad_norm", self.max_grad_norm))
+        if self.temperature_schedule is not None:
+            start, end = self.temperature_schedule
+            object.__setattr__(self, "temperature_schedule", (float(start), float(end)))
+        if self.schedule != "cosine":
+            raise ValueError(f"schedule must be 'cosine'; got {self.schedule!r}")
+
+    def config(self) -> dict[str, Any]:
+        config = asdict(self)
+        if self.temperature_schedule is not None:
+            config["temperature_schedule"] = list(self.temperature_schedule)
+        return config
 
 
 # ---------------------------------------------------------------------------------------------------------- fit
@@ -257,8 +313,7 @@ def fit(
             so on, where they have their default handlers and `fit` runs in the main thread. A signal during a
             parameter update takes effect when the update is done.
     """
-    _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_norm, init_base, progress)
-    check_positive_number("base_lr_factor", base_lr_factor)
+    check_bool("progress", progress)
     if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
         raise TypeError(f"model must be an nn.Module with a log_prob method; got {type(model).__name__}")
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -271,44 +326,33 @@ def fit(
             "moment estimates underflow and the run diverges at once: train in float32 and cast afterwards "
             "(model.float() before fit, model.half() or model.bfloat16() after)"
         )
-    directory = _check_checkpoint_dir(checkpoint_dir)
-    device = _resolve_device(device)
     mixtures = [module for module in model.modules() if isinstance(module, MixtureOfGaussians)]
-    schedule = _check_temperature_schedule(temperature_schedule, mixtures)
+    settings = FitSettings(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        init_base=init_base,
+        temperature_schedule=check_temperature_schedule(temperature_schedule, mixtures),
+        max_grad_norm=max_grad_norm,
+        base_lr_factor=base_lr_factor,
+        checkpoint_every=checkpoint_every,
+    )
+    directory = check_checkpoint_dir(checkpoint_dir)
+    device = _resolve_device(device)
     model.to(device)
     dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.get_default_dtype())
     source = _make_source(data, device, dtype)
     val = None if val_data is None else _split(val_data, "val_data")
 
-    cuda_devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    )
-    with torch.random.fork_rng(devices=cuda_devices), _InterruptGuard() as guard:
+    with forked_rng(device), InterruptGuard() as guard:
         # before any seeding: the probe's draws from a callable do not enter the run
         probe_x, probe_context = source.probe(_PROBE_ROWS)
         _check_model_accepts(model, probe_x, probe_context, "data")
         if val is not None:
             _check_val_data(model, val, source, device, dtype)
-        config = _config(
-            model,
-            source,
-            val,
-            device,
-            dict(
-                steps=steps,
-                batch_size=batch_size,
-                lr=float(lr),
-                seed=seed,
-                init_base=bool(init_base),
-                temperature_schedule=None if schedule is None else list(schedule),
-                max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
-                base_lr_factor=float(base_lr_factor),
-                schedule="cosine",
-                checkpoint_every=checkpoint_every,
-            ),
-        )
-        run = _Run(model, parameters, source, val, config, directory, device, mixtures, schedule)
-        run.start(init_base)
+        run = _Run(model, parameters, source, val, settings, directory, device, mixtures)
+        run.start()
         run.train(guard, progress)
         return run.history
 
@@ -320,7 +364,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> 
     path = Path(path)
     checkpoint = _read_checkpoint(path)
     if model is not None:
-        _check_state_fits(model, checkpoint["model"], path)
+        check_state_fits(model, checkpoint["model"], path)
         model.load_state_dict(checkpoint["model"])
     return checkpoint
 
@@ -329,14 +373,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> 
 class _Run:
     """The state of one training run and the steps that change it."""
 
-    def __init__(self, model, parameters, source, val, config, directory, device, mixtures, schedule):
+    def __init__(self, model, parameters, source, val, settings: FitSettings, directory, device, mixtures):
         self.model, self.parameters, self.source, self.val = model, parameters, source, val
-        self.config, self.directory, self.device = config, directory, device
-        self.mixtures, self.schedule = mixtures, schedule
-        self.steps, self.batch_size = config["steps"], config["batch_size"]
-        self.checkpoint_every, self.max_grad_norm = config["checkpoint_every"], config["max_grad_norm"]
-        groups = _parameter_groups(model, parameters, config["lr"], config["base_lr_factor"])
-        self.optimizer = torch.optim.Adam(groups, lr=config["lr"])
+        self.settings, self.directory, self.device, self.mixtures = settings, directory, device, mixtures
+        self.config = _config(model, source, val, device, settings)
+        self.steps = settings.steps
+        groups = _parameter_groups(model, parameters, settings.lr, settings.base_lr_factor)
+        self.optimizer = torch.optim.Adam(groups, lr=settings.lr)
         steps = self.steps
 
         def cosine(step: int) -> float:
@@ -349,30 +392,29 @@ class _Run:
         self._blowup = _BlowUp()
 
     # ---------------------------------------------------------------- start: fresh or resumed
-    def start(self, init_base: bool) -> None:
+    def start(self) -> None:
         latest = None if self.directory is None else self.directory / "latest.pt"
         if latest is not None and latest.exists():
             self._resume(latest)
             return
-        seed = self.config["seed"]
+        seed = self.settings.seed
         torch.manual_seed(seed)
-        self.source.generator.manual_seed(_derive_seed(seed, "batches"))
-        if init_base:
+        self.source.generator.manual_seed(derive_seed(seed, "batches"))
+        if self.settings.init_base:
             _initialize_base(self.model, self.source, seed)
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(
-                self.directory / "config.json", lambda f: f.write(json.dumps(self.config, indent=2).encode() + b"\n")
-            )
+            write_config(self.directory, self.config)
             self._check_parameters_finite(0)
             self.save("latest.pt", self._rng_state())
 
     def _resume(self, path: Path) -> None:
         checkpoint = _read_checkpoint(path)
-        _check_config(checkpoint["config"], self.config, path)
+        saved = {**_ADDED_RESUME_KEYS, **checkpoint["config"]}
+        check_resume_config(saved, self.config, FitSettings.RESUME_KEYS, path, "fit")
         # under a schedule τ is set at every step (and the schedule is compared above), so only its absence makes
         # the model's τ part of the run
-        _check_mixture_settings(self.model, checkpoint["model"], path, temperature=self.schedule is None)
+        schedule = self.settings.temperature_schedule
+        check_mixture_settings(self.model, checkpoint["model"], path, temperature=schedule is None)
         step = checkpoint["step"]
         history = checkpoint["history"]
         if not 0 <= step <= self.steps or len(history["train_loss"]) != step:
@@ -380,26 +422,27 @@ class _Run:
                 f"checkpoint {path} is inconsistent: step {step}, "
                 f"{len(history['train_loss'])} recorded losses, a run of {self.steps} steps"
             )
-        _check_state_fits(self.model, checkpoint["model"], path)
-        try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as error:
-            raise ValueError(
-                f"checkpoint {path}: the optimizer or scheduler state does not fit this model ({_first_line(error)})"
-            ) from error
-        self.model.load_state_dict(checkpoint["model"])
-        self._set_rng_state(checkpoint["rng"], path)
+        # the RNGs first (the run's own and the global one, which fit restores for its caller): a state that
+        # cannot be restored must leave the model untouched
+        restore_rng(
+            checkpoint["rng"],
+            self.device,
+            path,
+            seed=self.settings.seed,
+            generators={"batches": self.source.generator},
+        )
+        load_training_state(self.model, self.optimizer, checkpoint, path, self.scheduler)
         self.history = History.from_state_dict(history)
         self.step = self.saved_step = step
         self._blowup = _BlowUp.replay(self.history.train_loss)
 
     # ---------------------------------------------------------------- the loop
-    def train(self, guard: _InterruptGuard, progress: bool) -> None:
+    def train(self, guard: InterruptGuard, progress: bool) -> None:
         self.model.train()
         began, previous_time = time.perf_counter(), self.history.wall_time
         boundary = (self._rng_state(), _floating_buffers(self.model))  # what is not restored by a failed step
         bar = tqdm(total=self.steps, initial=self.step, desc="fit", unit="step", disable=None if progress else True)
+        every = self.settings.checkpoint_every
         try:
             while self.step < self.steps:
                 # Phase 1: loss and gradients. Nothing saved in a checkpoint changes here except the RNGs and
@@ -410,7 +453,7 @@ class _Run:
                     raise
                 except BaseException as error:
                     interrupted = not isinstance(error, (SystemExit, GeneratorExit))
-                    if self.directory is not None and interrupted and not self._non_finite_parameters():
+                    if self.directory is not None and interrupted and not non_finite_parameters(self.model):
                         self.history.wall_time = previous_time + time.perf_counter() - began
                         self.save("latest.pt", *boundary)
                         if hasattr(error, "add_note"):
@@ -431,7 +474,7 @@ class _Run:
                     self.history.wall_time = previous_time + time.perf_counter() - began
                     postfix = {"loss": f"{loss:.4f}"}
                     self._blowup.record(loss)
-                    if self.step % self.checkpoint_every == 0 or self.step == self.steps:
+                    if self.step % every == 0 or self.step == self.steps:
                         self._check_parameters_finite(self.step)
                         # while the loss is blown up, latest.pt keeps the last good state (the end is always saved)
                         self._validate_and_save(latest=not self._blowup.streak or self.step == self.steps)
@@ -443,7 +486,7 @@ class _Run:
                 if guard.pending:
                     guard.pending = False
                     unsaved = self.saved_step != self.step
-                    if self.directory is not None and unsaved and not self._non_finite_parameters():
+                    if self.directory is not None and unsaved and not non_finite_parameters(self.model):
                         self.save("latest.pt", *boundary)
                     error = KeyboardInterrupt(guard.reason)
                     if self.directory is not None:
@@ -455,15 +498,15 @@ class _Run:
         finally:
             bar.close()
             self.history.wall_time = previous_time + time.perf_counter() - began
-        if self.schedule is not None:  # also after a resumed run that had nothing left to do
-            for mixture in self.mixtures:
-                mixture.temperature = self.schedule[1]
+        schedule = self.settings.temperature_schedule
+        if schedule is not None:  # also after a resumed run that had nothing left to do
+            set_temperature(self.mixtures, schedule[1])
 
     def _loss_and_gradients(self) -> tuple[float, float]:
-        step = self.step  # index of this step, from 0
-        if self.schedule is not None:
-            self._set_temperature(step)
-        x, context = self.source.draw(self.batch_size)
+        schedule = self.settings.temperature_schedule
+        if schedule is not None:
+            set_temperature(self.mixtures, geometric_temperature(schedule, self.step, self.steps))
+        x, context = self.source.draw(self.settings.batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss = -_log_prob(self.model, x, context).mean()
         value = loss.item()
@@ -473,7 +516,7 @@ class _Run:
         if blown_up:
             self._diverged(blown_up)
         loss.backward()
-        max_norm = math.inf if self.max_grad_norm is None else self.max_grad_norm
+        max_norm = math.inf if self.settings.max_grad_norm is None else self.settings.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm).item()
         if not math.isfinite(grad_norm):
             self._diverged(f"the gradient norm is {grad_norm}")
@@ -482,43 +525,28 @@ class _Run:
     def _diverged(self, what: str, step: int | None = None) -> None:
         """Raise TrainingDivergedError: for the step being computed (its update is not applied), or, with `step`,
         after that step's update made the parameters non-finite."""
-        applied = step is not None
-        step = self.step + 1 if step is None else step
-        latest = None if self.directory is None else self.directory / "latest.pt"
-        if latest is None:
-            kept = "No checkpoint_dir was given, so nothing was saved."
-        elif self.saved_step is None:
-            kept = f"Nothing was saved to {latest}."
-        else:
-            kept = f"The last good checkpoint, {latest} (step {self.saved_step}), is kept."
-        raise TrainingDivergedError(
-            f"training diverged at step {step} of {self.steps}: {what}"
-            f"{'' if applied else '; the update was not applied'}. {kept} "
-            "Try a smaller lr, standardised data or a tighter max_grad_norm.",
-            step=step,
-            checkpoint=None if self.saved_step is None else latest,
+        raise diverged(
+            "training",
+            what,
+            step=self.step + 1 if step is None else step,
+            steps=self.steps,
+            latest=None if self.directory is None else self.directory / "latest.pt",
+            saved_step=self.saved_step,
+            applied=step is not None,
+            advice="Try a smaller lr, standardised data or a tighter max_grad_norm.",
         )
 
-    def _non_finite_parameters(self) -> list[str]:
-        return [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-
     def _check_parameters_finite(self, step: int) -> None:
-        bad = self._non_finite_parameters()
+        bad = non_finite_parameters(self.model)
         if bad:
             self._diverged(f"parameters {bad[:5]} became non-finite", step=step)
-
-    def _set_temperature(self, step: int) -> None:
-        start, end = self.schedule
-        tau = start * (end / start) ** (step / max(self.steps - 1, 1))
-        for mixture in self.mixtures:
-            mixture.temperature = tau
 
     # ---------------------------------------------------------------- validation and checkpoints
     def _validate_and_save(self, latest: bool = True) -> None:
         history = self.history
         improved = False
         if self.val is not None:
-            nll = _evaluate(self.model, *self.val, self.batch_size, self.device)
+            nll = _evaluate(self.model, *self.val, self.settings.batch_size, self.device)
             history.val_nll.append(nll)
             history.val_steps.append(self.step)
             if math.isfinite(nll) and (history.best_val_nll is None or nll < history.best_val_nll):
@@ -545,27 +573,12 @@ class _Run:
             "history": self.history.state_dict(),
             "rng": rng,
         }
-        _write_atomic(self.directory / name, lambda f: torch.save(checkpoint, f))
+        write_atomic(self.directory / name, lambda f: torch.save(checkpoint, f))
         if name == "latest.pt":
             self.saved_step = self.step
 
     def _rng_state(self) -> dict[str, Tensor]:
-        state = {"torch": torch.get_rng_state(), "batches": self.source.generator.get_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _set_rng_state(self, state: dict[str, Tensor], path: Path) -> None:
-        try:
-            torch.set_rng_state(state["torch"])
-            self.source.generator.set_state(state["batches"])
-            if self.device.type == "cuda":
-                if "cuda" in state:
-                    torch.cuda.set_rng_state(state["cuda"], self.device)
-                else:  # saved on the CPU: the CUDA stream starts from the seed
-                    torch.cuda.manual_seed(self.config["seed"])
-        except (RuntimeError, TypeError) as error:
-            raise ValueError(f"checkpoint {path} holds an invalid RNG state ({_first_line(error)})") from error
+        return capture_rng(self.device, {"batches": self.source.generator})
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -606,7 +619,7 @@ class _TensorSource(_Source):
         return self._rows(torch.arange(min(n, self.x.shape[0])))
 
     def init_sample(self, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
-        generator = torch.Generator().manual_seed(_derive_seed(seed, "init"))
+        generator = torch.Generator().manual_seed(derive_seed(seed, "init"))
         return self._rows(torch.randperm(self.x.shape[0], generator=generator)[:n])
 
     def describe(self) -> dict[str, Any]:
@@ -714,30 +727,13 @@ def _log_prob(model: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
     return model.log_prob(x) if context is None else model.log_prob(x, context=context)
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluation mode inside the block (no dropout, no batch-norm statistics updates); each submodule's
-    mode is restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _expected_features(model: nn.Module) -> tuple[int | None, int | None | bool]:
     """(D, C) as declared by the model or its base, where they say: D None when unknown; C an int for a
     conditional mixture base, None for an unconditional one, False when unknown."""
     features, context_features = None, False
-    for module in (model, getattr(model, "_distribution", None)):
-        value = getattr(module, "features", None)
-        shape = getattr(module, "_shape", None)  # nflows StandardNormal
-        if features is None and isinstance(value, int) and not isinstance(value, bool):
-            features = value
-        elif features is None and isinstance(shape, torch.Size) and len(shape) == 1:
-            features = shape[0]
+    for module in (model, flow_base(model) if isinstance(model, Flow) else None):
+        if features is None and module is not None:
+            features = distribution_features(module)
         if context_features is False and isinstance(module, MixtureOfGaussians):
             context_features = module.context_features
     return features, context_features
@@ -759,13 +755,13 @@ def _check_model_accepts(model: nn.Module, x: Tensor, context: Tensor | None, na
             "unconditional MixtureOfGaussians"
         )
     try:
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             log_p = _log_prob(model, x, context)
     except Exception as error:
         given = " and no context" if context is None else f" with a context of shape {tuple(context.shape)}"
         raise ValueError(
             f"model.log_prob fails on {name} of shape {tuple(x.shape)}{given}: "
-            f"{type(error).__name__}: {_first_line(error)}"
+            f"{type(error).__name__}: {first_line(error)}"
         ) from error
     if not isinstance(log_p, Tensor) or log_p.shape != (x.shape[0],):
         shape = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
@@ -776,8 +772,8 @@ def _mixture_base(model: nn.Module) -> tuple[MixtureOfGaussians | None, bool]:
     """(the model's MixtureOfGaussians base or None, whether data go through a flow's transform first)."""
     if isinstance(model, MixtureOfGaussians):
         return model, False
-    if isinstance(model, Flow) and isinstance(model._distribution, MixtureOfGaussians):
-        return model._distribution, True
+    if isinstance(model, Flow) and isinstance(flow_base(model), MixtureOfGaussians):
+        return flow_base(model), True
     return None, False
 
 
@@ -788,9 +784,8 @@ def _initialize_base(model: nn.Module, source: _Source, seed: int) -> None:
         return
     x, context = source.init_sample(_INIT_POINTS, seed)
     if through_flow:
-        with _eval_mode(model):
-            embedded = model._embedding_net(context) if context is not None else None
-            x = model._transform(x, context=embedded)[0]
+        with eval_mode(model):
+            x = flow_transform(model)(x, context=embed_context(model, context))[0]
     base.initialize_from_data(x, seed=seed, scale_factor=_init_scale_factor(model) if through_flow else 1.0)
 
 
@@ -815,7 +810,7 @@ def _init_scale_factor(flow: Flow) -> float:
     else 1. An exact fit of the base is a near-stationary point of an affine flow's likelihood (each component
     already explains its data; a new flow is the identity), while a spline flow moves from it at once and loses
     from a widened start (validation NLL on every 2-D target, held-out seed: README)."""
-    layers = list(flow._transform.modules())
+    layers = list(flow_transform(flow).modules())
     affine = any(isinstance(layer, _AFFINE_LAYERS) for layer in layers)
     spline = any(isinstance(layer, _SPLINE_LAYERS) for layer in layers)
     return AFFINE_FLOW_INIT_SCALE_FACTOR if affine and not spline else 1.0
@@ -827,7 +822,7 @@ def _evaluate(model: nn.Module, x: Tensor, context: Tensor | None, batch_size: i
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
     devices = [device] if device.type == "cuda" else []
     total = torch.zeros((), dtype=torch.float64, device=device)
-    with torch.random.fork_rng(devices=devices), _eval_mode(model):
+    with torch.random.fork_rng(devices=devices), eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             batch_context = None if context is None else context[rows].to(device, dtype)
@@ -840,71 +835,13 @@ def _floating_buffers(model: nn.Module) -> dict[str, Tensor]:
     return {name: buffer.detach().clone() for name, buffer in model.named_buffers() if buffer.is_floating_point()}
 
 
-def _check_state_fits(model: nn.Module, state: dict[str, Any], path: Path) -> None:
-    """Compare names and shapes before loading, so a mismatch leaves the model untouched."""
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for name, value in expected.items():
-        saved = state[name]
-        if not isinstance(value, Tensor):  # extra state (e.g. a mixture's temperature), checked by set_extra_state
-            continue
-        if not isinstance(saved, Tensor) or saved.shape != value.shape:
-            shape = tuple(saved.shape) if isinstance(saved, Tensor) else type(saved).__name__
-            raise ValueError(
-                f"checkpoint {path} does not fit this model: {name} has shape {shape} there, {tuple(value.shape)} here"
-            )
-
-
 # -------------------------------------------------------------------------------------------------- files
-def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write through a temporary file in the same directory and rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, garbage, or objects other than tensors and containers
-        raise ValueError(
-            f"checkpoint {path} cannot be read: it is truncated, corrupt, or was not written by "
-            f"mog_flows.fit ({type(error).__name__}{': ' + _first_line(error) if str(error).strip() else ''})"
-        ) from error
-    problem = _checkpoint_problem(checkpoint)
-    if problem:
-        raise ValueError(f"checkpoint {path} is not a mog_flows.fit checkpoint: {problem}")
-    return checkpoint
+    entries = {"scheduler": dict, "history": dict}
+    return read_checkpoint(path, CHECKPOINT_FORMAT, "mog_flows.fit", entries, _checkpoint_problem)
 
 
-def _checkpoint_problem(checkpoint: Any) -> str | None:
-    if not isinstance(checkpoint, dict):
-        return f"it holds a {type(checkpoint).__name__}, not a dict"
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        return f"format {checkpoint.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
-    kinds = {
-        "step": int,
-        "config": dict,
-        "model": dict,
-        "optimizer": dict,
-        "scheduler": dict,
-        "history": dict,
-        "rng": dict,
-    }
-    for key, kind in kinds.items():
-        if not isinstance(checkpoint.get(key), kind):
-            return f"entry {key!r} is missing or not a {kind.__name__}"
+def _checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
     history = checkpoint["history"]
     for key in ("train_loss", "grad_norm", "learning_rate", "val_nll", "val_steps"):
         if not isinstance(history.get(key), Tensor) or history[key].dim() != 1:
@@ -912,37 +849,14 @@ def _checkpoint_problem(checkpoint: Any) -> str | None:
     for key in ("best_val_nll", "best_step", "wall_time"):
         if key not in history:
             return f"history entry {key!r} is missing"
-    for key in ("torch", "batches"):
-        if not isinstance(checkpoint["rng"].get(key), Tensor):
-            return f"RNG state {key!r} is missing"
+    if not isinstance(checkpoint["rng"].get("batches"), Tensor):
+        return "RNG state 'batches' is missing"
     if not isinstance(checkpoint["config"].get("data"), dict):
         return "its config has no data description"
     return None
 
 
-def _check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    saved = {**_ADDED_RESUME_KEYS, **saved}
-    differences = [
-        f"{key}: {saved.get(key)!r} there, {current[key]!r} now"
-        for key in _RESUME_KEYS
-        if not _same(saved.get(key), current[key])
-    ]
-    if differences:
-        raise ValueError(
-            f"checkpoint {path} belongs to a run with other settings ({'; '.join(differences)}); "
-            "call fit with the original arguments to resume it, or use another checkpoint_dir"
-        )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, float) and isinstance(b, float):  # data checksums may differ in the last bits across devices
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return a == b
-
-
-def _config(model, source, val, device, arguments) -> dict[str, Any]:
+def _config(model, source, val, device, settings: FitSettings) -> dict[str, Any]:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
     model_description = {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -952,7 +866,7 @@ def _config(model, source, val, device, arguments) -> dict[str, Any]:
     val_description = None if val is None else {"rows": val[0].shape[0], "checksum": _checksum(val[0])}
     return {
         "format": CHECKPOINT_FORMAT,
-        **arguments,
+        **settings.config(),
         "model": model_description,
         "data": source.describe(),
         "val_data": val_description,
@@ -962,36 +876,6 @@ def _config(model, source, val, device, arguments) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------- arguments
-def _check_arguments(steps, batch_size, lr, seed, checkpoint_every, max_grad_norm, init_base, progress) -> None:
-    check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("checkpoint_every", checkpoint_every)
-    check_positive_number("lr", lr)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2**63); got {seed!r}")
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0
-    ):
-        raise ValueError(f"max_grad_norm must be a number > 0 or None; got {max_grad_norm!r}")
-    for name, value in (("init_base", init_base), ("progress", progress)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False; got {value!r}")
-
-
-def _check_temperature_schedule(schedule, mixtures) -> tuple[float, float] | None:
-    if schedule is None:
-        return None
-    try:
-        start, end = (float(value) for value in schedule)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"temperature_schedule must be a pair (start, end); got {schedule!r}") from error
-    if not all(math.isfinite(t) and t > 0 for t in (start, end)):
-        raise ValueError(f"temperature_schedule values must be finite and > 0; got {schedule!r}")
-    if not mixtures:
-        raise ValueError("temperature_schedule was given but the model contains no MixtureOfGaussians")
-    return start, end
-
-
 def _resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -1002,23 +886,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available")
     return device
-
-
-def _derive_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose (minibatches, initial subset), independent of the streams seeded with `seed`."""
-    digest = hashlib.blake2b(f"{seed}/{purpose}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def _first_line(error: BaseException) -> str:
-    """The informative line of an error message (torch's weights-only refusals explain themselves at length)."""
-    text = str(error)
-    if "WeightsUnpickler error:" in text:  # keep the reason, drop the advice around it
-        reason = text.split("WeightsUnpickler error:", 1)[1]
-        reason = reason.split("Check the documentation", 1)[0].split("Please use", 1)[0]
-        return "the file holds something other than tensors and containers: " + " ".join(reason.split())
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 # -------------------------------------------------------------------------------------------------- blow-ups
@@ -1053,112 +920,3 @@ class _BlowUp:
         for loss in losses:
             state.record(loss)
         return state
-
-
-# -------------------------------------------------------------------------------------------------- checkpoint dirs
-def _check_checkpoint_dir(value: Any, name: str = "checkpoint_dir") -> Path | None:
-    """None, or `value` as a Path once it is known that checkpoints can be written there: a str or os.PathLike, not
-    "", naming a directory, or a path that can be created as one. The check writes and removes a file (in the
-    directory, or in its nearest existing ancestor), so that permissions, read-only file systems and the like are
-    found before any work, whoever runs it (root ignores permission bits)."""
-    if value is None:
-        return None
-    path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
-    if not isinstance(path, str):
-        raise ValueError(f"{name} must be a path (str or os.PathLike) or None; got {type(value).__name__}")
-    if path == "":
-        raise ValueError(
-            f"{name}='' names no directory, and would put the checkpoints in the current directory: pass '.' to "
-            "mean that, or None for no checkpoints"
-        )
-    directory = Path(path)
-    existing = directory
-    while not (existing.exists() or existing.is_symlink()):
-        existing = existing.parent
-    if not existing.exists():
-        raise ValueError(f"{name} {directory}: {existing} is a broken symbolic link")
-    if not existing.is_dir():
-        kind = "a file" if existing.is_file() else "something other than a directory"
-        if existing == directory:
-            raise ValueError(f"{name} {directory} is {kind}, not a directory")
-        raise ValueError(f"{name} {directory} lies under {existing}, {kind}, so it cannot be created")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".mog_flows-write-probe-", dir=existing)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        to_create = "" if existing == directory else f" (to create {directory})"
-        raise ValueError(f"{name}: cannot write into {existing}{to_create}: {error.strerror or error}") from error
-    return directory
-
-
-def _check_mixture_settings(model: nn.Module, state: dict[str, Any], path: Path, *, temperature: bool) -> None:
-    """Refuse a checkpoint whose mixtures were built with another estimator, num_inner or (with `temperature`) τ
-    than the model's: loading it would silently replace the caller's settings with the checkpoint's."""
-    keys = ("estimator", "temperature", "num_inner") if temperature else ("estimator", "num_inner")
-    differences = []
-    for name, module in model.named_modules():
-        if not isinstance(module, MixtureOfGaussians):
-            continue
-        saved = state.get(f"{name}._extra_state" if name else "_extra_state")
-        if not isinstance(saved, dict):  # _check_state_fits names what is missing
-            continue
-        current = module.get_extra_state()
-        differences += [
-            f"{name or 'model'}.{key}: {saved[key]!r} there, {current[key]!r} now"
-            for key in keys
-            if key in saved and not _same(saved[key], current[key])
-        ]
-    if differences:
-        raise ValueError(
-            f"checkpoint {path} was written by a model built with other settings ({'; '.join(differences)}); build "
-            "the model with the checkpoint's settings to resume it, or use another checkpoint_dir"
-        )
-
-
-# -------------------------------------------------------------------------------------------------- signals
-# the signals that stop a run as Ctrl-C does: SIGTERM is what cluster schedulers send to preempt a job, SIGHUP what a
-# closed terminal sends (SIGHUP does not exist on Windows)
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class _InterruptGuard:
-    """SIGINT, SIGTERM or SIGHUP during training raise KeyboardInterrupt("received SIGTERM", ...): at once while a
-    step computes its loss and gradients (nothing has changed yet); held back (`pending`, `reason`) while the step
-    updates the state, inside `deferred()`; a second signal is not held back. Each signal is handled only in the main
-    thread and where it has its default handler (Python's for SIGINT, the system's for the others: a handler
-    someone installed is left alone, and a process started under nohup keeps ignoring SIGHUP)."""
-
-    def __init__(self) -> None:
-        self.pending = False
-        self.reason = "received SIGINT"
-        self._critical = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _InterruptGuard:
-        if threading.current_thread() is threading.main_thread():
-            for number in _STOP_SIGNALS:
-                default = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
-                if signal.getsignal(number) == default:
-                    self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        reason = f"received {signal.Signals(signum).name}"
-        if self._critical and not self.pending:
-            self.pending, self.reason = True, reason
-            return
-        raise KeyboardInterrupt(reason)
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self._critical = True
-        try:
-            yield
-        finally:
-            self._critical = False

@@ -303,6 +303,97 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         fit_maxent(mixture_flow(), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path, lr=0.5, **RESUMABLE)
 
 
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garbage(path):
+    path.write_bytes(bytes(range(256)) * 8)
+
+
+def _a_fit_checkpoint(path):
+    torch.save({"format": "mog_flows.fit/1", "step": 3}, path)
+
+
+def _without_multipliers(path):
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["multipliers"]
+    torch.save(checkpoint, path)
+
+
+def _invalid_rng(path):
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["rng"]["torch"] = torch.zeros(7, dtype=torch.uint8)
+    torch.save(checkpoint, path)
+
+
+def _rng_of_wrong_dtype(path):
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["rng"]["torch"] = checkpoint["rng"]["torch"].float()
+    torch.save(checkpoint, path)
+
+
+def _step_beyond_its_history(path):
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["step"] += RESUMABLE["epoch_steps"]
+    torch.save(checkpoint, path)
+
+
+def _other_flow(path):
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model"] = build_flow(1, base="gaussian", transform="maf", num_layers=1, hidden_features=8).state_dict()
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "match"),
+    [
+        (_truncate, r"cannot be read: it is truncated, corrupt"),
+        (_garbage, r"cannot be read"),
+        (_a_fit_checkpoint, r"not a mog_flows\.fit_maxent checkpoint: format 'mog_flows\.fit/1'"),
+        (_without_multipliers, r"entry 'multipliers' is missing or not a Tensor"),
+        (_invalid_rng, r"invalid RNG state"),
+        (_rng_of_wrong_dtype, r"invalid RNG state: 'torch' is missing or not a byte tensor"),
+        (_step_beyond_its_history, r"is inconsistent: step 30, 2 recorded epochs"),
+        (_other_flow, r"does not fit this model"),
+    ],
+    ids=lambda value: getattr(value, "__name__", "")[1:],
+)
+def test_a_corrupt_checkpoint_gives_a_clear_error_and_leaves_the_flow_alone(tmp_path, corrupt, match):
+    settings = {**RESUMABLE, "steps": 20}
+    fit_maxent(mixture_flow(), moments, FAR_TARGET, checkpoint_dir=tmp_path, **settings)
+    corrupt(tmp_path / "latest.pt")
+    flow = mixture_flow(seed=4)
+    before = copy.deepcopy(flow.state_dict())
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match=rf"checkpoint .*latest\.pt.*{match}"):
+        fit_maxent(flow, moments, FAR_TARGET, checkpoint_dir=tmp_path, **settings)
+    for name, value in before.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(flow.state_dict()[name], value), name
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_the_checkpoint_s_rng_state_drives_the_rest_of_the_run(tmp_path):
+    # a run interrupted in epoch 3 resumes from the end of epoch 2 and, drawing from the saved RNG state, ends as
+    # the uninterrupted run; the same checkpoint with another (valid) RNG state ends elsewhere
+    reference = fit_maxent(mixture_flow(), moments, FAR_TARGET, **RESUMABLE)
+    with pytest.raises(KeyboardInterrupt):  # calls: 1 probe, 2 initial test batches, 12 per epoch: epoch 3
+        fit_maxent(mixture_flow(), InterruptingMoments(at=30), FAR_TARGET, checkpoint_dir=tmp_path / "a", **RESUMABLE)
+    checkpoint = torch.load(tmp_path / "a" / "latest.pt", weights_only=True)
+    assert checkpoint["step"] == 20
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_bytes((tmp_path / "a" / "config.json").read_bytes())
+    checkpoint["rng"] = {"torch": torch.Generator().manual_seed(12345).get_state()}
+    torch.save(checkpoint, tmp_path / "b" / "latest.pt")
+    resumed = fit_maxent(mixture_flow(), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "a", **RESUMABLE)
+    other = fit_maxent(mixture_flow(), InterruptingMoments(), FAR_TARGET, checkpoint_dir=tmp_path / "b", **RESUMABLE)
+    assert resumed.entropy == reference.entropy and resumed.history.entropy == reference.history.entropy
+    assert other.history.entropy[:2] == reference.history.entropy[:2]
+    assert other.history.entropy[2:] != reference.history.entropy[2:]
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [("estimator", r"_distribution\.estimator: 'pathwise' there, 'exact' now"),

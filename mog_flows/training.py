@@ -809,7 +809,7 @@ def _init_scale_factor(flow: Flow) -> float:
     """`AFFINE_FLOW_INIT_SCALE_FACTOR` for a flow with affine coupling or autoregressive layers and no spline layer,
     else 1. An exact fit of the base is a near-stationary point of an affine flow's likelihood (each component
     already explains its data; a new flow is the identity), while a spline flow moves from it at once and loses
-    from a widened start (validation NLL on every 2-D target, held-out seed: README)."""
+    from a widened start (validation NLL on every 2-D target, held-out seed: the base-comparison page of the docs)."""
     layers = list(flow_transform(flow).modules())
     affine = any(isinstance(layer, _AFFINE_LAYERS) for layer in layers)
     spline = any(isinstance(layer, _SPLINE_LAYERS) for layer in layers)

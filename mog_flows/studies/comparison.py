@@ -470,7 +470,7 @@ def write_markdown(
                 f"| {p['mog_wins']}/{p['pairs']} | {pm(g['kl_mean'], g['kl_std'])} | {pm(m['kl_mean'], m['kl_std'])} "
                 f"| {coverage} |"
             )
-    lines += ["", "## The issue's targets (set for the full run), checked against these numbers", ""]
+    lines += ["", "## Targets of the full run, checked against these numbers", ""]
     for dataset, threshold in kl_targets.items():
         m = summaries.get((dataset, "mog", "nsf"))
         if m is None:

@@ -1,0 +1,36 @@
+"""The committed study reports are what the report code makes of the committed rows: moving or refactoring the
+code that writes them must leave each report byte for byte as it is (the full runs take hours; the rows do not
+change when the code is only moved). The maximum-entropy reports also carry each run's command and wall time and
+are checked by their smoke run instead (tests/studies/test_maxent.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mog_flows.studies import comparison, rad
+
+RESULTS = Path(__file__).parents[2] / "experiments" / "results"
+
+
+@pytest.mark.parametrize(
+    ("name", "title"),
+    [
+        ("compare_bases", "Gaussian base vs mixture-of-Gaussians base"),
+        ("compare_bases_quick", "Gaussian base vs mixture-of-Gaussians base (--quick)"),
+    ],
+)
+def test_the_base_comparison_report_follows_from_its_rows(tmp_path, name, title):
+    rows = comparison.read_results(RESULTS, name)
+    comparison.write_markdown(rows, tmp_path / f"{name}.md", title=title)
+    assert (tmp_path / f"{name}.md").read_text() == (RESULTS / f"{name}.md").read_text()
+
+
+def test_the_rad_report_follows_from_its_rows(tmp_path, capsys):
+    for path in RESULTS.glob("rad_comparison*"):
+        shutil.copy(path, tmp_path / path.name)
+    rad.main(["--report-only", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert (tmp_path / "rad_comparison.md").read_text() == (RESULTS / "rad_comparison.md").read_text()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_choice, check_positive_int
-from .gaussian import GaussianComponents
+from .components import GaussianComponents
 
 __all__ = ["kmeans_plus_plus", "fit_mixture"]
 

@@ -25,7 +25,7 @@ from .checks import (
     check_positive_int,
     check_temperature,
 )
-from .gaussian import GaussianComponents, pack_precision_factor, packed_size, unpack_precision_factor
+from .components import GaussianComponents, pack_precision_factor, packed_size, unpack_precision_factor
 from .nflows_adapters import sample_in_batches
 
 __all__ = ["MixtureOfGaussians", "COVARIANCES", "ESTIMATORS"]

@@ -1,4 +1,4 @@
-"""Float32 accuracy of the shared-component kernels (`mog_flows.gaussian`) against torch.distributions.
+"""Float32 accuracy of the shared-component kernels (`mog_flows.components`) against torch.distributions.
 
 The adversarial suite: narrow components far from the others (scales 1e-4 … 1e4 in one mixture, separations up
 to 1e4), points near every component and far from all, small and large N. Our float32 `log_prob` and its gradients
@@ -13,7 +13,7 @@ import torch
 from torch import distributions as td
 
 from mog_flows import MixtureOfGaussians
-from mog_flows.gaussian import GaussianComponents, accumulation_dtype
+from mog_flows.components import GaussianComponents, accumulation_dtype
 from mog_flows.testing import ADVERSARIAL_SETTINGS, MixtureCase, adversarial_case, spread_case
 
 DOUBLE = torch.float64

@@ -1,4 +1,4 @@
-"""Batched Gaussian log-densities and the triangular precision factors behind every mixture here.
+"""Batched Gaussian component log-densities and the triangular precision factors behind every mixture here.
 
 Shapes: N points, K components, D features. A *diagonal* component is (loc, log_scale) with standard
 deviations exp(log_scale). A *full* component is (loc, U) with U the upper-triangular Cholesky factor of

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_choice, check_positive_int
-from .components import GaussianComponents
+from .components import GaussianComponents, precision_factor_from_covariance
 
 __all__ = ["kmeans_plus_plus", "fit_mixture"]
 
@@ -89,8 +89,7 @@ def _joint_log_prob(data: Tensor, weights: Tensor, means: Tensor, covariances: T
     if covariance == "diagonal":
         components = GaussianComponents(means, log_scale=0.5 * covariances.log())
     else:
-        factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(covariances))).mT
-        components = GaussianComponents(means, factor=factor)
+        components = GaussianComponents(means, factor=precision_factor_from_covariance(covariances))
     return weights.log() + components.log_prob(data)
 
 

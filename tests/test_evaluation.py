@@ -27,9 +27,7 @@ class IsotropicGaussian(nn.Module):
         self.calls.append(x.shape[0])
         assert x.dtype == self.loc.dtype
         D = self.loc.shape[0]
-        return (
-            -0.5 * ((x - self.loc) / self.log_scale.exp()).square().sum(-1) - D * self.log_scale - 0.5 * D * LOG_2PI
-        )
+        return -0.5 * ((x - self.loc) / self.log_scale.exp()).square().sum(-1) - D * self.log_scale - 0.5 * D * LOG_2PI
 
     def sample(self, n):
         generator = torch.Generator().manual_seed(0)

@@ -787,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "## float32 accuracy on the adversarial suite",
             "",
-            "Cases from `mog_flows.testing` (the suite `tests/test_gaussian.py` runs): `K…-sep…-D…-N…` mixtures with "
+            "Cases from `mog_flows.testing` (the suite `tests/test_components.py` runs): `K…-sep…-D…-N…` mixtures with "
             "scales from 1e-4 to 1e4 and separations to 1e4, points near every component, between pairs and far from "
             "all; `trained-like-spread…` 16 narrow components (scales 0.03 … 0.5) in 8-D with points spread 1×, 4×, "
             "30×. Each implementation's float32 result against its own float64 evaluation of the same float32 "

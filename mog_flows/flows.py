@@ -36,7 +36,7 @@ from .checks import (
     check_positive_number,
 )
 from .mixture import MixtureOfGaussians
-from .nflows_adapters import sample_in_batches
+from .nflows_adapters import distribution_features, permutation_indices, sample_in_batches
 
 __all__ = ["build_flow", "Flow", "TRANSFORMS"]
 
@@ -169,10 +169,7 @@ def _make_base(features, base, num_components, context_features, hidden_features
 
 def _check_given_base(base: Distribution, features: int, context_features: int | None) -> None:
     """A given base must live in the flow's D and be conditioned as the flow is (where the base says so)."""
-    base_features = getattr(base, "features", None)
-    shape = getattr(base, "_shape", None)  # nflows' StandardNormal and other shaped bases
-    if base_features is None and shape is not None and len(shape) == 1:
-        base_features = int(shape[0])
+    base_features = distribution_features(base)  # ours, nflows' StandardNormal and other shaped bases
     if base_features is not None and base_features != features:
         raise ValueError(f"the base distribution has {base_features} features but build_flow got features={features}")
     if isinstance(base, MixtureOfGaussians) and base.context_features != context_features:
@@ -243,7 +240,7 @@ def build_flow(
         net = torch.arange(features)
         for layer in layers:
             if isinstance(layer, Permutation):
-                net = net[layer._permutation]  # x[:, p1][:, p2] = x[:, p1[p2]]
+                net = net[permutation_indices(layer)]  # x[:, p1][:, p2] = x[:, p1[p2]]
         layers.append(Permutation(torch.argsort(net)))
     return Flow(CompositeTransform(layers), distribution, features=features, context_features=context_features)
 

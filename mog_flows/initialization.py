@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from .checks import check_choice, check_positive_int
-from .gaussian import GaussianComponents
+from .components import GaussianComponents, precision_factor_from_covariance
 
-__all__ = ["kmeans_plus_plus", "fit_mixture"]
+__all__ = ["kmeans_plus_plus", "fit_mixture", "mixture_log_likelihood"]
 
 _MAX_POINTS = 20_000  # larger data sets are subsampled: initialisation needs the modes, not every point
 
@@ -66,7 +66,7 @@ def fit_mixture(
     best, best_log_likelihood = None, -math.inf
     for _ in range(num_restarts):
         fitted = _fit_once(data, num_components, covariance, method, num_iterations, ridge, generator)
-        log_likelihood = _log_likelihood(data, *fitted, covariance)
+        log_likelihood = mixture_log_likelihood(data, *fitted, covariance)
         if best is None or log_likelihood > best_log_likelihood:
             best, best_log_likelihood = fitted, log_likelihood
     return best
@@ -89,12 +89,18 @@ def _joint_log_prob(data: Tensor, weights: Tensor, means: Tensor, covariances: T
     if covariance == "diagonal":
         components = GaussianComponents(means, log_scale=0.5 * covariances.log())
     else:
-        factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(covariances))).mT
-        components = GaussianComponents(means, factor=factor)
+        components = GaussianComponents(means, factor=precision_factor_from_covariance(covariances))
     return weights.log() + components.log_prob(data)
 
 
-def _log_likelihood(data, weights, means, covariances, covariance) -> float:
+def mixture_log_likelihood(
+    data: Tensor, weights: Tensor, means: Tensor, covariances: Tensor, covariance: str = "diagonal"
+) -> float:
+    """Mean log-likelihood (1/N) Σ_n log Σ_k w_k N(x_n; μ_k, Σ_k) of data (N, D) under a mixture given as
+    `fit_mixture` returns it: weights (K,), means (K, D), covariances (K, D) variances ("diagonal") or (K, D, D)
+    ("full"). -inf when any point's log-density is not finite. The criterion `fit_mixture` keeps its best
+    restart by."""
+    check_choice("covariance", covariance, ("diagonal", "full"))
     log_p = torch.logsumexp(_joint_log_prob(data, weights, means, covariances, covariance), dim=-1)
     return log_p.mean().item() if torch.isfinite(log_p).all() else -math.inf
 

@@ -25,7 +25,14 @@ from .checks import (
     check_positive_int,
     check_temperature,
 )
-from .gaussian import GaussianComponents, pack_precision_factor, packed_size, unpack_precision_factor
+from .components import (
+    GaussianComponents,
+    covariance_from_precision_factor,
+    pack_precision_factor,
+    packed_size,
+    precision_factor_from_covariance,
+    unpack_precision_factor,
+)
 from .nflows_adapters import sample_in_batches
 
 __all__ = ["MixtureOfGaussians", "COVARIANCES", "ESTIMATORS"]
@@ -204,13 +211,7 @@ class MixtureOfGaussians(Distribution):
                     f"(largest |Σ - Σᵀ| / max|Σ| = {worst:.3g}, tolerance {relative:.3g})"
                 )
             covariances = 0.5 * (covariances + covariances.mT)
-            cholesky, info = torch.linalg.cholesky_ex(covariances)
-            if (info != 0).any():
-                bad = (info != 0).nonzero().flatten().tolist()
-                raise ValueError(f"covariances must be symmetric positive definite; components {bad} are not")
-            # Σ⁻¹ = UᵀU with U upper triangular: U = chol(Σ⁻¹)ᵀ
-            precision = torch.cholesky_inverse(cholesky)
-            factor = torch.linalg.cholesky(precision).mT
+            factor = precision_factor_from_covariance(covariances)  # Σ⁻¹ = UᵀU, raises if not positive definite
             self.precision_factor.copy_(pack_precision_factor(factor))
 
     def _mixture(self, context: Tensor | None) -> tuple[Tensor, GaussianComponents]:
@@ -235,9 +236,7 @@ class MixtureOfGaussians(Distribution):
         if components.is_diagonal:
             covariances = torch.exp(2 * components.log_scale)
         else:
-            factor = components.factor
-            wide = torch.float32 if factor.dtype in (torch.float16, torch.bfloat16) else factor.dtype
-            covariances = torch.cholesky_inverse(factor.to(wide), upper=True).to(factor.dtype)  # (UᵀU)⁻¹
+            covariances = covariance_from_precision_factor(components.factor)  # (UᵀU)⁻¹
         params = {"weights": log_weights.exp(), "means": components.loc, "covariances": covariances}
         if by_weight:
             order = torch.argsort(params["weights"], dim=-1, descending=True)

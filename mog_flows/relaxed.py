@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .gaussian import LOG_2PI, GaussianComponents
+from .components import LOG_2PI, GaussianComponents
 
 __all__ = [
     "gumbel_softmax",

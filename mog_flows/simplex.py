@@ -22,6 +22,7 @@ from nflows.transforms.base import InputOutsideDomain
 from torch import Tensor
 
 from .flows import Flow as CheckedFlow
+from .nflows_adapters import distribution_features, flow_base, flow_transform
 
 __all__ = ["AdditiveLogistic", "AdditiveLogRatio", "simplex_flow"]
 
@@ -84,15 +85,12 @@ def simplex_flow(flow: Flow) -> Flow:
     coordinates."""
     if not isinstance(flow, Flow):
         raise TypeError(f"flow must be an nflows Flow; got {type(flow).__name__}")
-    base: Distribution = flow._distribution
-    features = getattr(base, "features", None)
+    base: Distribution = flow_base(flow)
+    features = distribution_features(base)
     if features is None:
-        shape = getattr(base, "_shape", None)
-        features = shape[0] if shape is not None and len(shape) == 1 else None
-    if not isinstance(features, int):
         raise ValueError("cannot tell the number of features of the flow's base distribution")
     return CheckedFlow(
-        CompositeTransform([AdditiveLogRatio(features), flow._transform]),
+        CompositeTransform([AdditiveLogRatio(features), flow_transform(flow)]),
         base,
         features=features,
         context_features=getattr(flow, "context_features", None),

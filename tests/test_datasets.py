@@ -154,7 +154,7 @@ def test_toy_log_prob_follows_the_input_dtype_and_has_gradients(name):
     torch.testing.assert_close(target.log_prob(x.detach().float()), log_p.detach().float())
 
 
-def test_gaussian_toys_match_torch_distributions():
+def test_toy_gaussians_match_torch_distributions():
     # r = 0 arcs are plain Gaussians: compare eight_gaussians with an independent mixture
     target = get_dataset("eight_gaussians")
     x = 3 * torch.randn(100, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -245,7 +245,7 @@ def test_make_splits_shapes_dtypes_and_independence():
 
 
 # ------------------------------------------------------------------------------------------------ 10-D mixture
-def test_gaussian_mixture_matches_scipy():
+def test_mixture_dataset_matches_scipy():
     target = GaussianMixture()
     assert target.features >= 10 and target.weights.shape == (10,)
     x = torch.cat([target.sample(200, seed=9, dtype=torch.float64), 4 * torch.randn(50, 10, dtype=torch.float64)])
@@ -260,7 +260,7 @@ def test_gaussian_mixture_matches_scipy():
     np.testing.assert_allclose(target.log_prob(x).numpy(), expected, rtol=1e-10)
 
 
-def test_gaussian_mixture_samples_have_the_mixture_moments():
+def test_mixture_dataset_samples_have_the_mixture_moments():
     target = GaussianMixture()
     samples = target.sample(100_000, seed=10, dtype=torch.float64)
     w, mu = target.weights, target.means
@@ -272,7 +272,7 @@ def test_gaussian_mixture_samples_have_the_mixture_moments():
     torch.testing.assert_close(torch.cov(samples.T), covariance, rtol=0, atol=0.1)
 
 
-def test_gaussian_mixture_is_fixed_by_its_seed():
+def test_mixture_dataset_is_fixed_by_its_seed():
     torch.testing.assert_close(GaussianMixture(seed=3).means, GaussianMixture(seed=3).means, rtol=0, atol=0)
     assert not torch.equal(GaussianMixture(seed=3).means, GaussianMixture(seed=4).means)
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from mog_flows import MixtureOfGaussians, build_flow
 from mog_flows.flows import TRANSFORMS
+from mog_flows.nflows_adapters import flow_base, flow_transform
 
 # Small networks keep the whole file fast on two cores.
 SMALL = dict(num_layers=2, hidden_features=16, num_components=3)
@@ -84,7 +85,7 @@ def test_perturbation_moves_the_flow_away_from_the_identity(transform):
     # the other tests are only meaningful if the perturbed transform is far from the identity
     flow = make_flow(transform, features=3)
     x = make_inputs(64, 3)
-    z, logabsdet = flow._transform(x)
+    z, logabsdet = flow_transform(flow)(x)
     assert (z - x).abs().max() > 0.05
     assert logabsdet.abs().max() > 0.05
 
@@ -96,13 +97,13 @@ def test_inverse_of_forward_is_identity_and_logdets_cancel(transform, features, 
     flow = make_flow(transform, features=features, context_features=context_features)
     x = make_inputs(128, features)
     context = None if context_features is None else make_context(128)
-    z, forward_logdet = flow._transform(x, context=context)
-    x_back, inverse_logdet = flow._transform.inverse(z, context=context)
+    z, forward_logdet = flow_transform(flow)(x, context=context)
+    x_back, inverse_logdet = flow_transform(flow).inverse(z, context=context)
     torch.testing.assert_close(x_back, x, rtol=0, atol=1e-8)
     torch.testing.assert_close(forward_logdet + inverse_logdet, torch.zeros_like(forward_logdet), rtol=0, atol=1e-8)
     # and the other way round, from noise to data and back
-    x_from_z, _ = flow._transform.inverse(x, context=context)
-    z_back, _ = flow._transform(x_from_z, context=context)
+    x_from_z, _ = flow_transform(flow).inverse(x, context=context)
+    z_back, _ = flow_transform(flow)(x_from_z, context=context)
     torch.testing.assert_close(z_back, x, rtol=0, atol=1e-8)
 
 
@@ -114,16 +115,16 @@ def test_logdet_matches_autograd_jacobian(transform, features, context_features)
     x = make_inputs(6, features)
     x[0] = 6.0  # beyond the spline tail bound in every coordinate
     context = None if context_features is None else make_context(6)
-    _, logabsdet = flow._transform(x, context=context)
-    _, inverse_logabsdet = flow._transform.inverse(x, context=context)
+    _, logabsdet = flow_transform(flow)(x, context=context)
+    _, inverse_logabsdet = flow_transform(flow).inverse(x, context=context)
     for i in range(x.shape[0]):
         row_context = None if context is None else context[i : i + 1]
 
         def forward(point, row_context=row_context):
-            return flow._transform(point.unsqueeze(0), context=row_context)[0].squeeze(0)
+            return flow_transform(flow)(point.unsqueeze(0), context=row_context)[0].squeeze(0)
 
         def inverse(point, row_context=row_context):
-            return flow._transform.inverse(point.unsqueeze(0), context=row_context)[0].squeeze(0)
+            return flow_transform(flow).inverse(point.unsqueeze(0), context=row_context)[0].squeeze(0)
 
         for function, expected in ((forward, logabsdet[i]), (inverse, inverse_logabsdet[i])):
             jacobian = torch.autograd.functional.jacobian(function, x[i])  # (D, D)
@@ -177,17 +178,17 @@ def test_new_flow_is_the_identity(transform, features, base, context_features):
     # exact up to the float32 rounding of the identity biases, set before the flow was cast to float64
     tolerance = dict(rtol=1e-6, atol=1e-6)
     with torch.no_grad():
-        z, logabsdet = flow._transform(x, context=context)
+        z, logabsdet = flow_transform(flow)(x, context=context)
         torch.testing.assert_close(z, x, **tolerance)
         torch.testing.assert_close(logabsdet, torch.zeros_like(logabsdet), **tolerance)
-        base_log_prob = flow._distribution.log_prob(x, context=context)
+        base_log_prob = flow_base(flow).log_prob(x, context=context)
         torch.testing.assert_close(flow.log_prob(x, context=context), base_log_prob, **tolerance)
     # the transforms use no randomness, so with the same seed the flow's samples are the base's samples
     context = None if context_features is None else make_context(4)
     torch.manual_seed(5)
     flow_samples = flow.sample(16, context=context)
     torch.manual_seed(5)
-    base_samples = flow._distribution.sample(16, context=context)
+    base_samples = flow_base(flow).sample(16, context=context)
     torch.testing.assert_close(flow_samples, base_samples, **tolerance)
 
 
@@ -195,7 +196,7 @@ def test_new_flow_is_the_identity_in_float32():
     flow = make_flow("nsf", features=3, dtype=torch.float32, perturbation=None)
     x = make_inputs(64, 3, dtype=torch.float32)
     with torch.no_grad():
-        torch.testing.assert_close(flow.log_prob(x), flow._distribution.log_prob(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(flow.log_prob(x), flow_base(flow).log_prob(x), rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------- conditional
@@ -203,7 +204,7 @@ def with_embedding(flow: Flow) -> Flow:
     """The same transform and base behind an embedding net (N, 5) -> (N, C)."""
     torch.manual_seed(3)
     embedding = nn.Linear(5, CONTEXT).to(next(flow.parameters()))
-    return Flow(flow._transform, flow._distribution, embedding_net=embedding)
+    return Flow(flow_transform(flow), flow_base(flow), embedding_net=embedding)
 
 
 @pytest.mark.parametrize("embedding", [False, True], ids=["plain", "embedding"])
@@ -229,7 +230,7 @@ def test_conditional_flow_shapes_and_consistency(transform, base, embedding):
     assert torch.isfinite(samples).all()
 
     if base[0] == "mog":
-        assert flow._distribution.estimator == "exact"
+        assert flow_base(flow).estimator == "exact"
     samples, sample_log_prob = flow.sample_and_log_prob(n, context=context)
     assert samples.shape == (N, n, D)
     assert sample_log_prob.shape == (N, n)
@@ -252,8 +253,8 @@ def test_unconditional_sample_and_log_prob_is_consistent(transform, base):
 @pytest.mark.parametrize("covariance", ["diagonal", "full"])
 def test_conditional_mog_base_is_a_conditional_mixture(covariance):
     flow = make_flow("nsf", ("mog", covariance), context_features=CONTEXT)
-    assert isinstance(flow._distribution, MixtureOfGaussians)
-    assert flow._distribution.context_features == CONTEXT
+    assert isinstance(flow_base(flow), MixtureOfGaussians)
+    assert flow_base(flow).context_features == CONTEXT
 
 
 # ------------------------------------------------------------------------------------------------------- dtypes
@@ -347,7 +348,7 @@ def test_bad_features_raise(features):
 def test_a_distribution_base_is_used_as_given():
     base = MixtureOfGaussians(2, 3)
     flow = build_flow(2, base=base, **{k: v for k, v in SMALL.items() if k != "num_components"})
-    assert flow._distribution is base
+    assert flow_base(flow) is base
     with pytest.raises(ValueError, match="only apply to base='mog'"):
         build_flow(2, base=base, covariance="full")
 
@@ -366,7 +367,7 @@ def test_every_parameter_gets_a_finite_gradient(transform, base, context_feature
         assert parameter.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
         assert parameter.grad.abs().max() > 0, f"{name} has an all-zero gradient"
-    base_parameters = list(flow._distribution.named_parameters())
+    base_parameters = list(flow_base(flow).named_parameters())
     assert base_parameters
     for name, parameter in base_parameters:
         assert parameter.grad.abs().max() > 1e-8, f"base parameter {name} has a vanishing gradient"

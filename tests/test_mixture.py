@@ -12,8 +12,6 @@ from scipy.stats import multivariate_normal
 
 from mog_flows import MixtureOfGaussians
 from mog_flows.checks import temperature_limits
-from mog_flows.datasets import get_dataset
-from mog_flows.initialization import _log_likelihood, fit_mixture
 from mog_flows.mixture import ESTIMATORS
 
 COVARIANCES = ("diagonal", "full")
@@ -236,22 +234,6 @@ def test_initialize_from_data_finds_the_modes(covariance):
     torch.testing.assert_close(
         base.mixture_parameters()["weights"].detach(), torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.03, rtol=0
     )
-
-
-@pytest.mark.parametrize("covariance", COVARIANCES)
-def test_fit_mixture_keeps_the_most_likely_of_its_restarts(covariance):
-    # eight uniform squares: single k-means++ seedings end in different EM optima
-    data = get_dataset("checkerboard").sample(3000, seed=0).double()
-    settings = dict(covariance=covariance, num_iterations=10)
-    single = [_log_likelihood(data, *fit_mixture(data, 8, seed=s, **settings), covariance) for s in range(8)]
-    assert max(single) - min(single) > 0.05, single
-    # with restarts every seed keeps a fit at least as likely as the typical single one, and the spread shrinks
-    restarted = [_log_likelihood(data, *fit_mixture(data, 8, seed=s, num_restarts=8, **settings), covariance)
-                 for s in range(4)]  # fmt: skip
-    assert min(restarted) >= np.median(single), (restarted, single)
-    assert max(restarted) - min(restarted) < (max(single) - min(single)) / 2, (restarted, single)
-    with pytest.raises(ValueError, match="num_restarts"):
-        fit_mixture(data, 8, num_restarts=0)
 
 
 @pytest.mark.parametrize("covariance", COVARIANCES)

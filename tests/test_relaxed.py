@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mog_flows import MixtureOfGaussians, relaxed
-from mog_flows.gaussian import GaussianComponents, unpack_precision_factor
+from mog_flows.components import GaussianComponents, unpack_precision_factor
 from mog_flows.relaxed import concrete_log_prob, gumbel_softmax
 
 DOUBLE = torch.float64

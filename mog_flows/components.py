@@ -1,4 +1,4 @@
-"""Batched Gaussian log-densities and the triangular precision factors behind every mixture here.
+"""Batched Gaussian component log-densities and the triangular precision factors behind every mixture here.
 
 Shapes: N points, K components, D features. A *diagonal* component is (loc, log_scale) with standard
 deviations exp(log_scale). A *full* component is (loc, U) with U the upper-triangular Cholesky factor of
@@ -25,6 +25,8 @@ __all__ = [
     "packed_size",
     "unpack_precision_factor",
     "pack_precision_factor",
+    "precision_factor_from_covariance",
+    "covariance_from_precision_factor",
     "diagonal_log_prob",
     "diagonal_log_prob_shared",
     "full_log_prob",
@@ -87,6 +89,32 @@ def pack_precision_factor(factor: Tensor) -> Tensor:
     rows, cols = _triu_indices(features, factor.device)
     values = factor[..., rows, cols]
     return torch.where(rows == cols, values.log(), values)
+
+
+def precision_factor_from_covariance(covariance: Tensor) -> Tensor:
+    """Covariance Σ (..., D, D), symmetric positive definite -> upper-triangular U (..., D, D) with Σ⁻¹ = UᵀU.
+
+    U = chol(Σ⁻¹)ᵀ with Σ⁻¹ from Σ's own Cholesky factor (`torch.cholesky_inverse`), never an explicit inverse;
+    its diagonal is positive. The input is used as given (symmetrise it first if it is symmetric only up to
+    rounding). Raises a `ValueError` naming the batch entries ("components") whose Σ is not positive definite.
+    """
+    cholesky, info = torch.linalg.cholesky_ex(covariance)
+    if (info != 0).any():
+        bad = (info != 0).nonzero()
+        bad = bad.flatten().tolist() if info.dim() <= 1 else [tuple(index) for index in bad.tolist()]
+        raise ValueError(f"covariances must be symmetric positive definite; components {bad} are not")
+    precision = torch.cholesky_inverse(cholesky)
+    return torch.linalg.cholesky(precision).mT
+
+
+def covariance_from_precision_factor(factor: Tensor) -> Tensor:
+    """Upper-triangular U (..., D, D) with positive diagonal -> covariance Σ = (UᵀU)⁻¹ (..., D, D).
+
+    One `torch.cholesky_inverse` of U as the upper factor, no explicit inverse. Half-precision factors are
+    inverted in float32 and the result is returned in the factor's dtype.
+    """
+    wide = torch.float32 if factor.dtype in (torch.float16, torch.bfloat16) else factor.dtype
+    return torch.cholesky_inverse(factor.to(wide), upper=True).to(factor.dtype)
 
 
 def diagonal_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Float32 accuracy of the shared-component kernels (`mog_flows.gaussian`) against torch.distributions.
+"""Float32 accuracy of the shared-component kernels (`mog_flows.components`) against torch.distributions.
 
 The adversarial suite: narrow components far from the others (scales 1e-4 … 1e4 in one mixture, separations up
 to 1e4), points near every component and far from all, small and large N. Our float32 `log_prob` and its gradients
@@ -13,7 +13,12 @@ import torch
 from torch import distributions as td
 
 from mog_flows import MixtureOfGaussians
-from mog_flows.gaussian import GaussianComponents, accumulation_dtype
+from mog_flows.components import (
+    GaussianComponents,
+    accumulation_dtype,
+    covariance_from_precision_factor,
+    precision_factor_from_covariance,
+)
 from mog_flows.testing import ADVERSARIAL_SETTINGS, MixtureCase, adversarial_case, spread_case
 
 DOUBLE = torch.float64
@@ -107,3 +112,50 @@ def test_accumulation_dtype_is_one_step_wider():
     assert accumulation_dtype(torch.float64) == torch.float64
     assert accumulation_dtype(torch.float16) == torch.float32
     assert accumulation_dtype(torch.bfloat16) == torch.float32
+
+
+# ------------------------------------------------------------------------------------------------ conversions
+def _random_covariances(*batch: int, features: int = 4, seed: int = 0) -> torch.Tensor:
+    """Well-conditioned SPD matrices batch + (D, D) in float64: A Aᵀ + D I."""
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(*batch, features, features, generator=generator, dtype=DOUBLE)
+    return a @ a.mT + features * torch.eye(features, dtype=DOUBLE)
+
+
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3)], ids=lambda b: f"batch{b}")
+def test_precision_factor_is_upper_triangular_with_inverse_gram(batch):
+    covariance = _random_covariances(*batch)
+    factor = precision_factor_from_covariance(covariance)
+    assert factor.shape == covariance.shape and factor.dtype == DOUBLE
+    torch.testing.assert_close(factor, factor.triu(), rtol=0, atol=0)
+    assert (factor.diagonal(dim1=-2, dim2=-1) > 0).all()
+    torch.testing.assert_close(factor.mT @ factor, torch.linalg.inv(covariance), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3)], ids=lambda b: f"batch{b}")
+def test_covariance_precision_factor_round_trip(batch):
+    covariance = _random_covariances(*batch, seed=1)
+    back = covariance_from_precision_factor(precision_factor_from_covariance(covariance))
+    assert back.shape == covariance.shape and back.dtype == DOUBLE
+    torch.testing.assert_close(back, covariance, rtol=1e-10, atol=1e-12)
+    # and from the other side: an arbitrary upper factor with positive diagonal
+    generator = torch.Generator().manual_seed(2)
+    factor = torch.randn(*batch, 4, 4, generator=generator, dtype=DOUBLE).triu()
+    factor.diagonal(dim1=-2, dim2=-1).copy_(torch.rand(*batch, 4, generator=generator, dtype=DOUBLE) + 0.5)
+    covariance = covariance_from_precision_factor(factor)
+    torch.testing.assert_close(covariance, torch.linalg.inv(factor.mT @ factor), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(precision_factor_from_covariance(covariance), factor, rtol=1e-9, atol=1e-10)
+
+
+def test_precision_factor_refuses_covariances_that_are_not_positive_definite():
+    covariance = _random_covariances(3, seed=3)
+    covariance[1] = torch.tensor([[1.0, 2.0, 0.0, 0.0], [2.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0] * 3 + [1.0]])
+    with pytest.raises(ValueError, match=r"positive definite; components \[1\] are not"):
+        precision_factor_from_covariance(covariance)
+
+
+def test_half_precision_factor_gives_its_covariance_in_its_dtype():
+    factor = precision_factor_from_covariance(_random_covariances(2, seed=4))
+    covariance = covariance_from_precision_factor(factor.to(torch.bfloat16))
+    assert covariance.dtype == torch.bfloat16
+    torch.testing.assert_close(covariance.double(), covariance_from_precision_factor(factor), rtol=0.05, atol=0.05)

@@ -28,6 +28,7 @@ from mog_flows.maxent import (
     fit_maxent,
     penalty_statistics,
 )
+from mog_flows.nflows_adapters import flow_base
 from mog_flows.simplex import AdditiveLogistic, AdditiveLogRatio, simplex_flow
 
 DOUBLE = torch.float64
@@ -158,7 +159,7 @@ def mixture_flow(estimator: str = "pathwise", seed: int = 0):
         1, base="mog", transform="maf", num_layers=1, hidden_features=8, num_components=3, estimator=estimator
     )
     with torch.no_grad():
-        flow._distribution.loc.copy_(torch.tensor([[-3.0], [0.5], [2.0]]))
+        flow_base(flow).loc.copy_(torch.tensor([[-3.0], [0.5], [2.0]]))
     return flow
 
 
@@ -222,7 +223,7 @@ def test_runs_with_every_flow_and_estimator(base, estimator, transform, capfd):
     assert history.epochs == len(history.steps) >= 1 and result.steps == history.steps[-1]
     assert all(math.isfinite(v) for v in history.entropy + history.exact_entropy + history.violation_norm)
     assert any(not torch.equal(value, flow.state_dict()[name]) for name, value in initial.items())
-    base_distribution = flow._distribution
+    base_distribution = flow_base(flow)
     if isinstance(base_distribution, MixtureOfGaussians):
         assert base_distribution.estimator == estimator  # the evaluation did not leave it changed
         gumbel = estimator.startswith("gumbel")
@@ -404,10 +405,10 @@ def test_resuming_into_a_flow_with_another_estimator_or_temperature_is_refused(t
     fit_maxent(mixture_flow("pathwise"), moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
     other = mixture_flow("exact" if change == "estimator" else "pathwise")
     if change == "temperature":
-        other._distribution.temperature = 0.9
+        flow_base(other).temperature = 0.9
     with pytest.raises(ValueError, match=rf"model built with other settings.*{match}"):
         fit_maxent(other, moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
-    assert other._distribution.temperature == (0.9 if change == "temperature" else 0.5)
+    assert flow_base(other).temperature == (0.9 if change == "temperature" else 0.5)
     fit_maxent(mixture_flow("pathwise"), moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
 
 

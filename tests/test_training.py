@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from mog_flows import MixtureOfGaussians, build_flow
+from mog_flows.nflows_adapters import flow_base
 from mog_flows.training import (
     AFFINE_FLOW_INIT_SCALE_FACTOR,
     BASE_LR_FACTOR,
@@ -451,7 +452,7 @@ def test_resuming_into_a_model_with_another_estimator_or_temperature_is_refused(
         match = match.replace("_distribution", "model")
     with pytest.raises(ValueError, match=rf"model built with other settings.*{match}"):
         fit(other, x, **arguments)
-    mixture = other if model == "mixture" else other._distribution
+    mixture = other if model == "mixture" else flow_base(other)
     assert (mixture.estimator, mixture.temperature) == (
         change.get("estimator", "exact"),
         change.get("temperature", 0.5),
@@ -471,7 +472,7 @@ def test_a_run_with_a_temperature_schedule_resumes_whatever_the_model_s_temperat
     fresh = make_flow(seed=4, temperature=0.5)
     fit(fresh, x, checkpoint_dir=tmp_path, **arguments)
     assert_same_parameters(reference, fresh)
-    assert fresh._distribution.temperature == pytest.approx(0.1)
+    assert flow_base(fresh).temperature == pytest.approx(0.1)
 
 
 def _first_step_sizes(model: nn.Module, **arguments) -> dict[str, torch.Tensor]:
@@ -863,21 +864,21 @@ def test_a_corrupt_checkpoint_gives_a_clear_error(tmp_path, corrupt):
 def test_init_base_fits_the_mixture_to_the_data_pushed_through_the_flow():
     x = data_tensor(3000)
     initialised, untouched = make_flow(), make_flow()
-    before = copy.deepcopy(untouched._distribution.state_dict())
+    before = copy.deepcopy(flow_base(untouched).state_dict())
     # a single, tiny step: what changes the base is the initialisation
     tiny = dict(steps=1, lr=1e-6, base_lr_factor=1.0, progress=False)
     fit(initialised, x, **tiny)
     fit(untouched, x, init_base=False, **tiny)
-    for name, value in untouched._distribution.named_parameters():
+    for name, value in flow_base(untouched).named_parameters():
         torch.testing.assert_close(value.detach(), before[name], atol=1e-5, rtol=0)
-    assert not torch.allclose(initialised._distribution.loc, before["loc"], atol=0.5)
+    assert not torch.allclose(flow_base(initialised).loc, before["loc"], atol=0.5)
 
     # a new flow is the identity, so the base space is the data space: the means sit on the modes
-    means = initialised._distribution.loc.detach()
+    means = flow_base(initialised).loc.detach()
     distances = torch.cdist(MODES, means)  # (3, 3)
     assert distances.min(1).values.max() < 0.15
     assert distances.argmin(1).unique().numel() == 3
-    weights = initialised._distribution.mixture_parameters()["weights"].detach()
+    weights = flow_base(initialised).mixture_parameters()["weights"].detach()
     torch.testing.assert_close(weights, torch.full((3,), 1 / 3), atol=0.05, rtol=0)
 
 
@@ -886,7 +887,7 @@ def initial_base(transform: str) -> dict:
     torch.manual_seed(0)
     flow = build_flow(2, transform=transform, num_layers=2, hidden_features=8, num_components=3)
     fit(flow, data_tensor(3000), steps=1, lr=1e-9, progress=False)
-    parameters = {k: v.detach() for k, v in flow._distribution.mixture_parameters().items()}
+    parameters = {k: v.detach() for k, v in flow_base(flow).mixture_parameters().items()}
     order = torch.argsort(parameters["means"][:, 0] * 100 + parameters["means"][:, 1])  # the modes' order
     return {k: v[order] for k, v in parameters.items()}
 
@@ -918,13 +919,13 @@ def test_temperature_schedule_anneals_every_mixture_geometrically():
 
     def log_prob(x, context=None):
         if torch.is_grad_enabled():
-            seen.append(model._distribution.temperature)
+            seen.append(flow_base(model).temperature)
         return original(x, context=context)
 
     model.log_prob = log_prob
     fit(model, data_tensor(200), steps=5, batch_size=BATCH, temperature_schedule=(1.0, 0.0625), progress=False)
     torch.testing.assert_close(torch.tensor(seen), torch.tensor([1.0, 0.5, 0.25, 0.125, 0.0625]))
-    assert model._distribution.temperature == pytest.approx(0.0625)
+    assert flow_base(model).temperature == pytest.approx(0.0625)
 
 
 def test_progress_false_prints_nothing(capfd, tmp_path):

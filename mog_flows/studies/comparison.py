@@ -158,7 +158,7 @@ class RunSpec:
     num_components: int | None = None
     hidden_features: int = 64
     num_layers: int = 4
-    num_pieces: int = 2
+    num_pieces: int = 3
     num_train: int = 50_000
     num_val: int = 5_000
     num_test: int = 10_000

@@ -68,14 +68,14 @@ PAPER_PROBLEMS = {
 NOT_RECONSTRUCTED = ("many moons",)
 
 CSV_COLUMNS_RAD = (*CSV_COLUMNS[:7], "num_pieces", *CSV_COLUMNS[7:])
-FULL = dict(datasets=ZOO, seeds=(0, 1, 2), steps=1500, hidden_features=64, num_layers=4, num_pieces=2)
+FULL = dict(datasets=ZOO, seeds=(0, 1, 2), steps=1500, hidden_features=64, num_layers=4, num_pieces=3)
 QUICK = dict(
     datasets=("eight_gaussians", "moons"),
     seeds=(0,),
     steps=6,
     hidden_features=8,
     num_layers=2,
-    num_pieces=2,
+    num_pieces=3,
     batch_size=64,
     num_train=400,
     num_val=100,
@@ -99,7 +99,7 @@ def rad_specs(
     steps: int,
     hidden_features: int = 64,
     num_layers: int = 4,
-    num_pieces: int = 2,
+    num_pieces: int = 3,
     density_resolution: int | None = 160,
     **spec_kwargs: Any,
 ) -> list[RunSpec]:

@@ -58,7 +58,7 @@ def test_matched_hidden_features_is_the_smallest_width_at_or_over_the_budget(fea
     assert hidden > 8 and parameters("gaussian", hidden - 1) < budget
 
 
-@pytest.mark.parametrize(("transform", "pieces"), [("nsf", 2), ("maf", 3)])
+@pytest.mark.parametrize(("transform", "pieces"), [("nsf", 5), ("maf", 3)])
 def test_matched_rad_hidden_features_is_the_smallest_width_at_or_over_the_budget(transform, pieces):
     hidden, count, budget = matched_rad_hidden_features(
         2, transform, num_layers=2, hidden_features=8, num_components=8, num_pieces=pieces

@@ -8,7 +8,27 @@ Over the density q of a flow, the problem
 
     maximise H(q) = -E_q[log q(x)]   subject to   R(q) = E_q[T(x)] - t = 0      (T: ℝᴰ → ℝᵐ, t ∈ ℝᵐ)
 
-is solved by minimising, for fixed multipliers λ (m,) and penalty c > 0, the augmented Lagrangian
+is solved in standardised units. From the E·B samples of the initial flow's test batches (drawn before the first
+step, with the training-time sampler) `fit_maxent` takes each statistic's standard deviation s_j and, frozen at that
+value for the whole run (`result.scale`), solves the equivalent problem
+
+    maximise H(q)   subject to   R(q) = (E_q[T(x)] - t) / s = 0      (elementwise: R_j = (E[T_j] - t_j) / s_j)
+
+with the same feasible set and solution, whatever the units of T. Everything below (the penalty, λ's update, c's
+Welch test and the stopping test, the history's violation norms) works on these standardised residuals; the result
+reports `.violation` in the caller's units, the multipliers of the caller's problem (λ_j / s_j, so that the answer
+is q ∝ exp(-Σ_j λ_j T_j)), and the standardised violation beside them. The scaling is per constraint rather than a
+whitening by the Cholesky factor of Cov T: it makes the run invariant to the units of every statistic, which is what
+the scaling is for, and keeps each residual tied to one of the caller's constraints, so that the stopping test and
+the diagnostics name them. A whitening would also have to use the covariance under the *initial* flow, which need not
+resemble the one at the answer, and it amplifies the noise of that estimate where constraints are nearly redundant
+(its factor is then near-singular); a caller who knows the covariance at the answer can still pass whitened
+statistics (`studies.maxent_problems.bimodal_problem(whiten=True)` does). A statistic of zero variance under the
+initial flow (the same value on every sample, to rounding) has no scale and, constant where the flow puts its mass,
+no gradient to steer the flow with: `fit_maxent` refuses it with a ValueError rather than invent a floor.
+
+The standardised problem is solved by minimising, for fixed multipliers λ (m,) and penalty c > 0, the augmented
+Lagrangian
 
     L(q; λ, c) = -H(q) + λᵀR(q) + (c/2) ‖R(q)‖²
 
@@ -16,7 +36,7 @@ for `epoch_steps` Adam steps (one augmented-Lagrangian epoch), then updating λ 
 their log-densities from `flow.sample_and_log_prob(B)` (a `MixtureOfGaussians` base's `estimator` decides how a
 relaxed sample is scored) and descends the minibatch objective
 
-    -Ĥ + λᵀR̂ + (c/2) R̂₁ᵀR̂₂,      Ĥ = -(1/B) Σ_b log q(x_b),   R̂ = (1/B) Σ_b T(x_b) - t,
+    -Ĥ + λᵀR̂ + (c/2) R̂₁ᵀR̂₂,      Ĥ = -(1/B) Σ_b log q(x_b),   R̂ = (1/B) Σ_b (T(x_b) - t) / s,
 
 R̂₁, R̂₂ the same means over the first and the second half of the batch. The halves are independent, so
 E[R̂₁ᵀR̂₂] = ‖R‖² and the term's gradient is unbiased for that of (c/2)‖R‖² (R̂ᵀR̂ is biased by tr Cov T / B).
@@ -29,17 +49,20 @@ After each epoch, from E fresh test batches of B samples of the training-time sa
                        test batch e (the authors test E‖R̂_e‖ ≤ γ E‖R̂_e,prev‖, `penalty_test="norm"`); c_max
                        (`max_penalty`) is ∞ unless given;
     stop               when each constraint passes its two-sided t-test of E[T_j] = t_j at level α/m (Bonferroni),
-                       with τ at the end of its annealing schedule.
+                       with τ at the end of its annealing schedule. A run that ends without passing it issues a
+                       `MaxEntNotConvergedWarning` (a UserWarning) naming the constraints outside their tolerance.
 
 The delivered model is the flow over the *exact* base: `flow.sample`, `flow.log_prob`. The result's entropy and
 violation are measured on fresh exact samples with exact log-densities, and each epoch's history keeps the
 training-time estimates beside the exact ones, so that the gap between them is visible.
 
-With `checkpoint_dir`, the state at the end of every epoch (model, optimizer, λ, c, the last test statistics, history,
-RNG) goes to `latest.pt` (format "mog_flows.maxent/1", readable with `torch.load(..., weights_only=True)`), and
-calling `fit_maxent` again with the same arguments resumes from it and ends with the result of an uninterrupted run
-(bitwise on the CPU). An interruption inside an epoch loses that epoch's steps only; SIGTERM (a scheduler's preemption)
-and SIGHUP (a closed terminal) interrupt as Ctrl-C does, with KeyboardInterrupt("received SIGTERM") and so on.
+With `checkpoint_dir`, the state at the end of every epoch (model, optimizer, λ, c, the scale s, the last test
+statistics, history, RNG) goes to `latest.pt` (format "mog_flows.maxent/2", readable with `torch.load(...,
+weights_only=True)`), and calling `fit_maxent` again with the same arguments resumes from it and ends with the result
+of an uninterrupted run (bitwise on the CPU; a checkpoint of format "mog_flows.maxent/1", written before the
+standardisation, is refused with a message that says so). An interruption inside an epoch loses that epoch's steps
+only; SIGTERM (a scheduler's preemption) and SIGHUP (a closed terminal) interrupt as Ctrl-C does, with
+KeyboardInterrupt("received SIGTERM") and so on.
 """
 
 from __future__ import annotations
@@ -47,6 +70,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +117,7 @@ __all__ = [
     "MaxEntSettings",
     "MaxEntResult",
     "MaxEntHistory",
+    "MaxEntNotConvergedWarning",
     "LagrangianUpdate",
     "augmented_lagrangian_update",
     "penalty_statistics",
@@ -101,7 +126,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "mog_flows.maxent/1"
+CHECKPOINT_FORMAT = "mog_flows.maxent/2"
+_OLD_FORMATS = ("mog_flows.maxent/1",)  # formats this version refuses to resume, with a reason
 PENALTY_TESTS = ("split", "norm")
 FINAL_TEMPERATURE = 0.05  # where τ of a Gumbel-estimated mixture base is annealed to by default
 _PROBE_ROWS = 4
@@ -149,6 +175,19 @@ def _student_t_sf(t: float, df: float) -> float:
     return tail if t >= 0 else 1.0 - tail
 
 
+def _student_t_isf(p: float, df: float) -> float:
+    """The t with P(T > t) = p, 0 < p ≤ 1/2, for Student's t with `df` degrees of freedom (by bisection)."""
+    low, high = 0.0, 1.0
+    while _student_t_sf(high, df) > p:
+        low, high = high, 2 * high
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if _student_t_sf(middle, df) > p else (low, middle)
+    return high
+
+
 def _welch_greater(sample: Tensor, reference: Tensor) -> float:
     """p-value of Welch's one-sided test of H0: E[sample] ≤ E[reference] against E[sample] > E[reference]."""
     n1, n2 = sample.numel(), reference.numel()
@@ -182,7 +221,7 @@ class LagrangianUpdate:
         multipliers: λ + c R̂, shape (m,).
         penalty: min(β c, max_penalty) if `increased`, else c.
         statistics: the per-batch s_e (E,) of the penalty test, the reference of the next epoch's test.
-        violation: R̂ pooled over all test samples, shape (m,).
+        violation: R̂ pooled over all test samples, shape (m,); violation_std_error: its standard errors (m,).
         welch_p_value: p of the one-sided Welch test that ‖R‖ fell below γ times its previous value.
         constraint_p_values: two-sided t-test p-values of E[T_j] = t_j, shape (m,).
         increased: whether the test asked for a larger c (exactly when welch_p_value < α; c stays at max_penalty
@@ -194,6 +233,7 @@ class LagrangianUpdate:
     penalty: float
     statistics: Tensor
     violation: Tensor
+    violation_std_error: Tensor
     welch_p_value: float
     constraint_p_values: Tensor
     increased: bool
@@ -272,13 +312,15 @@ def augmented_lagrangian_update(
     factor = gamma**2 if penalty_test == "split" else gamma
     welch_p = _welch_greater(statistics, factor * previous_statistics.detach().to(torch.float64))
     increased = welch_p < alpha
-    constraint_p = _mean_is_zero(residuals.flatten(0, 1))
+    pooled = residuals.flatten(0, 1)  # (E·B, m)
+    constraint_p = _mean_is_zero(pooled)
     new_multipliers = multipliers + (penalty * violation).to(multipliers)
     return LagrangianUpdate(
         multipliers=new_multipliers,
         penalty=min(penalty * beta, math.inf if max_penalty is None else max_penalty) if increased else penalty,
         statistics=statistics,
         violation=violation,
+        violation_std_error=pooled.std(0) / math.sqrt(pooled.shape[0]),
         welch_p_value=welch_p,
         constraint_p_values=constraint_p,
         increased=increased,
@@ -290,16 +332,21 @@ def augmented_lagrangian_update(
 @dataclass
 class MaxEntHistory:
     """Per augmented-Lagrangian epoch; entry e belongs to epoch e + 1. Estimates come from the E·B test samples
-    drawn after the epoch's last step.
+    drawn after the epoch's last step. Violations are those of the standardised problem (module docstring), R_j =
+    (E[T_j] - t_j) / s_j with s = `MaxEntResult.scale`: multiply by s for the caller's units.
 
     Attributes:
         steps: completed SGD steps at the end of the epoch.
         entropy: training-time entropy estimate, -mean log q from `flow.sample_and_log_prob` (the base's estimator).
         exact_entropy: -mean `flow.log_prob(x)` over exact `flow.sample`s (the entropy of the delivered model).
-        violation_norm: ‖R̂‖ of the training-time samples; exact_violation_norm: of exact samples.
-        penalty: c in effect during the epoch; multipliers: λ (m floats) in effect during the epoch.
+        violation_norm: the standardised ‖R̂‖ of the training-time samples; exact_violation_norm: of exact samples.
+        penalty: c (of the standardised problem) in effect during the epoch; multipliers: λ (m floats) in effect
+            during the epoch, in the caller's units (λ_j / s_j of the standardised problem, as in `MaxEntResult`).
         welch_p_value: the Welch test's p (c was multiplied by β after the epoch when it is < α).
         constraint_p_value: the smallest of the m stopping-test p-values (the run stops when it is > α/m).
+        constraint_violation: the standardised R̂ (m floats) of the stopping test; constraint_p_values: its m
+            p-values; constraint_tolerance: the m half-widths of the test's acceptance region (a constraint passes
+            when |R̂_j| is below it: the t quantile at α/(2m) times R̂_j's standard error).
         temperature: τ of the mixture base at the end of the epoch (nan without one).
         wall_time: seconds spent in `fit_maxent`, summed over resumed calls.
     """
@@ -314,6 +361,9 @@ class MaxEntHistory:
     welch_p_value: list[float] = field(default_factory=list)
     constraint_p_value: list[float] = field(default_factory=list)
     temperature: list[float] = field(default_factory=list)
+    constraint_violation: list[list[float]] = field(default_factory=list)
+    constraint_p_values: list[list[float]] = field(default_factory=list)
+    constraint_tolerance: list[list[float]] = field(default_factory=list)
     wall_time: float = 0.0
 
     _FLOATS = (
@@ -326,6 +376,7 @@ class MaxEntHistory:
         "constraint_p_value",
         "temperature",
     )
+    _VECTORS = ("multipliers", "constraint_violation", "constraint_p_values", "constraint_tolerance")  # (epochs, m)
 
     @property
     def epochs(self) -> int:
@@ -336,14 +387,14 @@ class MaxEntHistory:
         state = {name: torch.tensor(getattr(self, name), dtype=torch.float64) for name in self._FLOATS}
         return {
             **state,
+            **{name: torch.tensor(getattr(self, name), dtype=torch.float64) for name in self._VECTORS},
             "steps": torch.tensor(self.steps, dtype=torch.int64),
-            "multipliers": torch.tensor(self.multipliers, dtype=torch.float64),
             "wall_time": self.wall_time,
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> MaxEntHistory:
-        lists = {name: state[name].tolist() for name in (*cls._FLOATS, "steps", "multipliers")}
+        lists = {name: state[name].tolist() for name in (*cls._FLOATS, *cls._VECTORS, "steps")}
         return cls(**lists, wall_time=float(state["wall_time"]))
 
 
@@ -353,11 +404,19 @@ class MaxEntResult:
 
     Attributes:
         entropy: -mean flow.log_prob(x), x ~ flow.sample (nats); entropy_std_error: its Monte-Carlo standard error.
-        violation: E[T(x)] - t, shape (m,); violation_std_error: its standard errors (m,).
+        violation: E[T(x)] - t in the caller's units, shape (m,); violation_std_error: its standard errors (m,).
         history: `MaxEntHistory`, one entry per augmented-Lagrangian epoch.
-        multipliers: the final λ (m,); penalty: the final c.
-        converged: whether the stopping test passed (False: the run used all `steps`).
+        multipliers: the final λ (m,) in the caller's units: λ_j / s_j of the standardised problem, so that at the
+            answer q(x) ∝ exp(-Σ_j λ_j T_j(x)); penalty: the final c, of the standardised problem.
+        converged: whether the stopping test of the last epoch passed (False: the run used all `steps`, and
+            `fit_maxent` warned).
         steps: SGD steps taken.
+        scale: s (m,), each statistic's standard deviation under the initial flow, the units of the standardised
+            problem (module docstring).
+        standardized_violation: violation / scale (m,), from the same exact samples.
+        constraint_p_values: the p-values (m,) of the last epoch's stopping test (a constraint passes when its p is
+            above α/m); its standardised violations and tolerances are in `history.constraint_violation[-1]` and
+            `history.constraint_tolerance[-1]`.
     """
 
     entropy: float
@@ -369,6 +428,14 @@ class MaxEntResult:
     penalty: float
     converged: bool
     steps: int
+    scale: Tensor
+    standardized_violation: Tensor
+    constraint_p_values: Tensor
+
+
+class MaxEntNotConvergedWarning(UserWarning):
+    """`fit_maxent` ended without passing its stopping test: some constraints are outside their tolerance. The
+    message names them, with their standardised violations, tolerances and p-values."""
 
 
 @dataclass(frozen=True)
@@ -464,10 +531,16 @@ def fit_maxent(
 ) -> MaxEntResult:
     """Train `flow` in place to maximise its entropy subject to E[statistic(x)] = target; returns a `MaxEntResult`.
 
+    The constraints may be on any scale: each is divided by its statistic's standard deviation under the initial
+    flow, and the run solves that standardised problem (module docstring), so `penalty`, `max_penalty` and the
+    history's violation norms are in standardised units, while `result.violation` is in the caller's. A run that ends
+    without passing the stopping test issues a `MaxEntNotConvergedWarning` naming the constraints outside their
+    tolerance, with numbers.
+
     Args:
         flow: an unconditional nflows `Flow` (any from `build_flow`, any base and estimator) or `Distribution`
             with `sample_and_log_prob`; trained where its parameters live (device and dtype).
-        statistic: T, a differentiable callable x (n, D) -> (n, m).
+        statistic: T, a differentiable callable x (n, D) -> (n, m), each column varying under the initial flow.
         target: t, shape (m,), finite.
         steps: the most SGD steps to take; the run stops earlier after an epoch that passes the stopping test.
         batch_size: B ≥ 2 samples per step, split in two halves for the penalty term; also the size of each test batch.
@@ -478,7 +551,8 @@ def fit_maxent(
         final_lr: None: a constant `lr`; a number in (0, lr]: cosine decay from `lr` at the first step to `final_lr`
             at the last, so that the last epochs settle the flow at the current multipliers instead of leaving it
             where the optimizer's noise put it (a departure from the authors' constant rate).
-        penalty: the initial c (the authors use 0.05 with 3000-step epochs; 1 suits shorter epochs).
+        penalty: the initial c of the standardised problem (the authors use 0.05 with 3000-step epochs on their
+            raw constraints; 1 suits shorter epochs).
         max_penalty: None (no cap, as in the paper), or the largest c the schedule may reach (≥ penalty); long runs
             need one (see `augmented_lagrangian_update`).
         gamma: the schedule's γ (see `augmented_lagrangian_update`).
@@ -503,14 +577,18 @@ def fit_maxent(
 
     Raises:
         TypeError: `flow` is not an nflows Distribution or `statistic` not callable.
-        ValueError: bad arguments: a statistic of the wrong shape or without gradient, a target that is not finite
-            or of the wrong length, a conditional flow, a checkpoint_dir that is not a path, is a file, lies under a
-            file or cannot be written, an unreadable or foreign checkpoint; a statistic that returns NaN or inf on
-            finite samples (the message says where: the first samples, a step, the test batches or the final
+        ValueError: bad arguments: a statistic of the wrong shape, without gradient, or with a column of zero
+            variance under the initial flow (nothing to standardise it by), a target that is not finite or of the
+            wrong length, a conditional flow, a checkpoint_dir that is not a path, is a file, lies under a file or
+            cannot be written, an unreadable, foreign or older-format checkpoint; a statistic that returns NaN or inf
+            on finite samples (the message says where: the first samples, a step, the test batches or the final
             evaluation, and for how many samples), at any time, the last completed epoch being kept.
         TrainingDivergedError: a non-finite objective, gradient, parameter or sample.
         KeyboardInterrupt: Ctrl-C, SIGTERM or SIGHUP (the latter two where they have their default handlers and
             `fit_maxent` runs in the main thread); the last completed epoch is kept in `latest.pt`.
+
+    Warns:
+        MaxEntNotConvergedWarning: the run ended (all `steps` taken) without passing the stopping test.
     """
     check_bool("progress", progress)
     if not isinstance(flow, Distribution):
@@ -564,7 +642,35 @@ def fit_maxent(
         run = _Run(flow, statistic, target, parameters, mixtures, settings, config, directory)
         run.start()
         run.train(progress)
-        return run.result()
+        result = run.result()
+    if not result.converged:
+        warnings.warn(_not_converged_message(result, settings), MaxEntNotConvergedWarning, stacklevel=2)
+    return result
+
+
+def _not_converged_message(result: MaxEntResult, settings: MaxEntSettings, shown: int = 6) -> str:
+    """Which constraints the last stopping test failed, with their standardised violations and tolerances."""
+    history = result.history
+    m = result.violation.numel()
+    level = settings.alpha / m
+    failed = [j for j, p in enumerate(history.constraint_p_values[-1]) if not p > level]
+    lines = [
+        f"constraint {j}: standardised violation {history.constraint_violation[-1][j]:+.3g} "
+        f"(tolerance ±{history.constraint_tolerance[-1][j]:.3g}, p = {history.constraint_p_values[-1][j]:.2g}); "
+        f"{result.standardized_violation[j].item():+.3g} on the delivered flow's exact samples, "
+        f"{result.violation[j].item():+.4g} in the statistic's units"
+        for j in failed[:shown]
+    ]
+    if len(failed) > shown:
+        lines.append(f"and {len(failed) - shown} more")
+    samples = settings.test_batches * settings.batch_size
+    return (
+        f"fit_maxent took all {result.steps} steps without passing its stopping test: {len(failed)} of {m} "
+        f"constraints are outside their tolerance in the last test ({samples} samples, level α/m = {level:.3g}): "
+        + "; ".join(lines)
+        + ". Standardised violations are (E[T_j] - t_j) / s_j, s_j = result.scale[j] the statistic's standard "
+        "deviation under the initial flow. More steps (or a larger penalty) may let the run converge."
+    )
 
 
 class _Run:
@@ -578,7 +684,8 @@ class _Run:
         self.steps, self.batch_size, self.epoch_steps = settings.steps, settings.batch_size, settings.epoch_steps
         self.device = target.device
         self.optimizer = torch.optim.Adam(parameters, lr=settings.lr)
-        self.multipliers = torch.zeros_like(target)  # λ
+        self.multipliers = torch.zeros_like(target)  # λ of the standardised problem
+        self.scale = torch.ones(target.shape, dtype=torch.float64, device=self.device)  # s, set by `start` or `_resume`
         self.penalty = settings.penalty  # c
         self.reference = torch.empty(0, dtype=torch.float64)  # the last test batches' penalty-test statistics
         self.history = MaxEntHistory()
@@ -598,9 +705,10 @@ class _Run:
         if self.schedule is not None:
             self._set_temperature(0)
         began = time.perf_counter()
-        residuals, _ = self._test_batches()
+        residuals, _ = self._test_batches()  # in the caller's units: they set the scale
+        self.scale = _constraint_scale(residuals, self.target.dtype)
         # the initial model's statistics: the reference of the first epoch's penalty test
-        self.reference = penalty_statistics(residuals, self.settings.penalty_test)
+        self.reference = penalty_statistics(residuals / self.scale.to(residuals), self.settings.penalty_test)
         self.history.wall_time = time.perf_counter() - began
         if self.directory is not None:
             write_config(self.directory, self.config)
@@ -617,16 +725,18 @@ class _Run:
                 f"checkpoint {path} is inconsistent: step {step}, {len(checkpoint['history']['steps'])} recorded "
                 f"epochs of {self.epoch_steps} steps, a run of {self.steps} steps"
             )
-        if checkpoint["multipliers"].shape != self.target.shape:
-            raise ValueError(
-                f"checkpoint {path} is inconsistent: multipliers of shape {tuple(checkpoint['multipliers'].shape)} "
-                f"for {self.target.numel()} constraints"
-            )
+        for name in ("multipliers", "scale"):
+            if checkpoint[name].shape != self.target.shape:
+                raise ValueError(
+                    f"checkpoint {path} is inconsistent: {name} of shape {tuple(checkpoint[name].shape)} "
+                    f"for {self.target.numel()} constraints"
+                )
         # the RNG first: a state that cannot be restored must leave the flow untouched
         restore_rng(checkpoint["rng"], self.device, path, seed=self.settings.seed)
         load_training_state(self.flow, self.optimizer, checkpoint, path)
         self.multipliers = checkpoint["multipliers"].to(self.device, self.target.dtype)
         self.penalty = float(checkpoint["penalty"])
+        self.scale = checkpoint["scale"].to(self.device, torch.float64)
         self.reference = checkpoint["reference"].to(torch.float64)
         self.history = MaxEntHistory.from_state_dict(checkpoint["history"])
         self.step, self.converged = step, checkpoint["converged"]
@@ -642,6 +752,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "multipliers": self.multipliers.detach().cpu(),
             "penalty": self.penalty,
+            "scale": self.scale.cpu(),
             "reference": self.reference.cpu(),
             "history": self.history.state_dict(),
             "rng": capture_rng(self.device),
@@ -692,8 +803,9 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         x, log_q = self.flow.sample_and_log_prob(batch)
         values = self._statistic(x, f"at step {self.step + 1} of {self.steps}")  # (B, m)
-        residual = values.mean(0) - self.target
-        first, second = values[:half].mean(0) - self.target, values[half:].mean(0) - self.target
+        standardized = (values - self.target) / self.scale.to(values)  # (B, m) - (m,) -> (B, m)
+        residual = standardized.mean(0)
+        first, second = standardized[:half].mean(0), standardized[half:].mean(0)
         entropy = -log_q.mean()
         loss = -entropy + self.multipliers @ residual + 0.5 * self.penalty * (first @ second)
         if not torch.isfinite(loss):
@@ -720,6 +832,7 @@ class _Run:
         if bad:
             self._diverged(f"parameters {bad[:5]} became non-finite")
         residuals, entropy = self._test_batches()  # (E, B, m), the training-time entropy estimate
+        residuals = residuals / self.scale.to(residuals)  # standardised
         if self.exact_training:
             exact_entropy, exact_violation = entropy, residuals.mean((0, 1)).norm().item()
         else:
@@ -729,7 +842,7 @@ class _Run:
                 residuals[:, :, 0].numel(),
             )
             exact_entropy = neg_log_q.mean().item()
-            exact_violation = (values.mean(0) - self.target.to(values)).norm().item()
+            exact_violation = ((values.mean(0) - self.target.to(values)) / self.scale.to(values)).norm().item()
         update = augmented_lagrangian_update(
             residuals,
             self.multipliers,
@@ -748,9 +861,14 @@ class _Run:
         history.violation_norm.append(update.violation.norm().item())
         history.exact_violation_norm.append(exact_violation)
         history.penalty.append(self.penalty)
-        history.multipliers.append(self.multipliers.tolist())
+        history.multipliers.append((self.multipliers.to(self.scale) / self.scale).tolist())
         history.welch_p_value.append(update.welch_p_value)
         history.constraint_p_value.append(update.constraint_p_values.min().item())
+        history.constraint_violation.append(update.violation.tolist())
+        history.constraint_p_values.append(update.constraint_p_values.tolist())
+        m, n = residuals.shape[-1], residuals[:, :, 0].numel()
+        quantile = _student_t_isf(self.settings.alpha / (2 * m), n - 1)
+        history.constraint_tolerance.append((quantile * update.violation_std_error).tolist())
         history.temperature.append(self.mixtures[0].temperature if self.mixtures else math.nan)
         self.multipliers, self.penalty, self.reference = update.multipliers, update.penalty, update.statistics
         annealed = self.schedule is None or self.step >= self.steps
@@ -758,7 +876,8 @@ class _Run:
 
     @torch.no_grad()
     def _test_batches(self) -> tuple[Tensor, float]:
-        """Residuals T(x) - t (E, B, m) of E fresh training-time batches, and their entropy estimate."""
+        """Residuals T(x) - t (E, B, m) in float64 and the caller's units, of E fresh training-time batches, and
+        their entropy estimate."""
         residuals, neg_log_q = [], []
         where = (
             f"in the test batches after step {self.step}" if self.step else "in the test batches before the first step"
@@ -810,17 +929,21 @@ class _Run:
         neg_log_q, values = _exact_samples(
             self.flow, lambda x: self._statistic(x, "in the final evaluation"), self.settings.eval_samples
         )
-        n = values.shape[0]
+        n, dtype, scale = values.shape[0], self.target.dtype, self.scale.to(values)
+        violation = values.mean(0) - self.target.to(values)  # (m,), float64
         return MaxEntResult(
             entropy=neg_log_q.mean().item(),
             entropy_std_error=neg_log_q.std().item() / math.sqrt(n),
-            violation=(values.mean(0) - self.target.to(values)).to(self.target.dtype),
-            violation_std_error=(values.std(0) / math.sqrt(n)).to(self.target.dtype),
+            violation=violation.to(dtype),
+            violation_std_error=(values.std(0) / math.sqrt(n)).to(dtype),
             history=self.history,
-            multipliers=self.multipliers.detach().clone(),
+            multipliers=(self.multipliers.detach().to(scale) / scale).to(dtype),
             penalty=self.penalty,
             converged=self.converged,
             steps=self.step,
+            scale=self.scale.to(self.device, dtype),
+            standardized_violation=(violation / scale).to(dtype),
+            constraint_p_values=torch.tensor(self.history.constraint_p_values[-1], dtype=torch.float64),
         )
 
 
@@ -895,6 +1018,26 @@ def _probe(flow: Distribution, statistic: Statistic, target: Tensor) -> None:
         raise ValueError(f"statistic must return the flow's dtype {target.dtype}; got {values.dtype}")
 
 
+def _constraint_scale(residuals: Tensor, dtype: torch.dtype) -> Tensor:
+    """s (m,), float64 on the residuals' device: the standard deviation of each column of residuals (E, B, m) of
+    the initial flow. A column that takes one value on every sample, to `dtype`'s rounding, is refused: it has no
+    scale and no gradient."""
+    values = residuals.flatten(0, 1)  # (E·B, m)
+    scale = values.std(0)
+    constant = scale <= 4 * torch.finfo(dtype).eps * values.abs().amax(0)  # zero, or rounding noise on a constant
+    if constant.any():
+        j = int(constant.nonzero()[0, 0])
+        raise ValueError(
+            f"statistic column {j} (of {values.shape[1]}) has zero variance under the initial flow: T_{j}(x) - t_{j} "
+            f"= {values[0, j].item():.6g} on all {values.shape[0]} samples of its first test batches "
+            f"({int(constant.sum())} such column(s)). fit_maxent standardises each constraint by its statistic's "
+            "standard deviation there, and a statistic that is constant where the flow puts its mass can neither be "
+            "standardised nor steer the flow: drop the constraint, or use a statistic that varies under the initial "
+            "flow."
+        )
+    return scale
+
+
 def _check_target(target: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
     try:
         target = torch.as_tensor(target)
@@ -909,13 +1052,22 @@ def _check_target(target: Any, dtype: torch.dtype, device: torch.device) -> Tens
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    entries = {"converged": bool, "multipliers": Tensor, "penalty": (float, int), "reference": Tensor, "history": dict}
-    return read_checkpoint(path, CHECKPOINT_FORMAT, "mog_flows.fit_maxent", entries, _checkpoint_problem)
+    entries = {
+        "converged": bool,
+        "multipliers": Tensor,
+        "penalty": (float, int),
+        "scale": Tensor,
+        "reference": Tensor,
+        "history": dict,
+    }
+    return read_checkpoint(
+        path, CHECKPOINT_FORMAT, "mog_flows.fit_maxent", entries, _checkpoint_problem, older=_OLD_FORMATS
+    )
 
 
 def _checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
     history = checkpoint["history"]
-    for key in (*MaxEntHistory._FLOATS, "steps", "multipliers"):
+    for key in (*MaxEntHistory._FLOATS, *MaxEntHistory._VECTORS, "steps"):
         if not isinstance(history.get(key), Tensor):
             return f"history entry {key!r} is missing or not a tensor"
     if "wall_time" not in history:

@@ -131,11 +131,12 @@ def read_checkpoint(
     who: str,
     entries: dict[str, type | tuple[type, ...]] | None = None,
     problem: Callable[[dict[str, Any]], str | None] | None = None,
+    older: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Load a checkpoint on the CPU, tensors and containers only, and check its layout: `format`, the common
     entries (module docstring), `entries` (name -> type) and what `problem(checkpoint)` says (a reason or None).
-    Raises ValueError naming the file and what is wrong: unreadable (truncated, corrupt, arbitrary objects) or
-    another layout."""
+    Raises ValueError naming the file and what is wrong: unreadable (truncated, corrupt, arbitrary objects), of one
+    of the `older` formats of the same writer (which this version cannot resume), or another layout."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, garbage, or objects other than tensors and containers
@@ -145,6 +146,12 @@ def read_checkpoint(
         ) from error
     if not isinstance(checkpoint, dict):
         found = f"it holds a {type(checkpoint).__name__}, not a dict"
+    elif checkpoint.get("format") in older:
+        raise ValueError(
+            f"checkpoint {path} was written by an older version of {who} (format {checkpoint['format']!r}; this "
+            f"version writes and resumes {format!r}), whose state it cannot resume: start the run afresh in another "
+            "checkpoint_dir, or delete the checkpoint"
+        )
     elif checkpoint.get("format") != format:
         found = f"format {checkpoint.get('format')!r}, expected {format!r}"
     else:

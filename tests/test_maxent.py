@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from nflows.transforms.base import InputOutsideDomain
 from mog_flows import MixtureOfGaussians, build_flow
 from mog_flows.maxent import (
     FINAL_TEMPERATURE,
+    MaxEntNotConvergedWarning,
     augmented_lagrangian_update,
     fit_maxent,
     penalty_statistics,
@@ -735,3 +737,108 @@ def test_learning_rate_is_constant_or_cosine_from_lr_to_final_lr(final_lr, monke
         expected = [1e-4 + (1e-2 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(9)]
         assert rates == pytest.approx(expected, rel=1e-12)
         assert rates[0] == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-4)
+
+
+# ------------------------------------------------------------------------------ standardisation and diagnostics
+SHORT = dict(steps=40, epoch_steps=20, batch_size=64, test_batches=4, eval_samples=2**12, seed=0, progress=False)
+
+
+def scaled_moments(factor_x: float, factor_x2: float):
+    """T(x) = (factor_x · x, factor_x2 · x²): the moments of `moments` in other units."""
+
+    def statistic(x):
+        return torch.cat([factor_x * x, factor_x2 * x * x], dim=-1)
+
+    return statistic
+
+
+def trained(statistic, target, **kwargs):
+    flow = mixture_flow("pathwise")
+    with pytest.warns(MaxEntNotConvergedWarning):  # 40 steps: far from converged
+        result = fit_maxent(flow, statistic, target, **{**SHORT, **kwargs})
+    return flow, result
+
+
+def test_the_units_of_the_constraints_do_not_change_the_run():
+    flow, result = trained(moments, [0.0, 1.0])
+    scaled_flow, scaled = trained(scaled_moments(1000.0, 1000.0), [0.0, 1000.0])
+    # the standardised problems are the same, so are the runs, up to rounding
+    for (name, value), other in zip(flow.named_parameters(), scaled_flow.parameters()):
+        assert torch.allclose(value, other, rtol=1e-4, atol=1e-5), name
+    assert torch.allclose(scaled.scale, 1000 * result.scale, rtol=1e-6)
+    assert torch.allclose(scaled.standardized_violation, result.standardized_violation, atol=1e-4)
+    assert torch.allclose(scaled.violation, 1000 * result.violation, rtol=1e-3, atol=1e-2)
+    # λ of the caller's problem: q ∝ exp(-Σ λ_j T_j), so λ scales inversely with T
+    assert torch.allclose(scaled.multipliers, result.multipliers / 1000, rtol=1e-3, atol=1e-8)
+    assert scaled.penalty == result.penalty
+    assert scaled.history.violation_norm == pytest.approx(result.history.violation_norm, rel=1e-4)
+
+
+def test_violation_is_in_the_caller_s_units_and_matches_fresh_samples():
+    statistic = scaled_moments(1e-3, 1e3)
+    flow, result = trained(statistic, [0.0, 1e3], test_batches=32)  # the scale from 32 · 64 samples
+    assert torch.allclose(result.violation, result.standardized_violation * result.scale, rtol=1e-6)
+    # the scale is each statistic's standard deviation under the initial flow: 1e-3 · sd(x) and 1e3 · sd(x²)
+    initial = mixture_flow("pathwise")
+    with torch.no_grad():
+        x = initial.sample(2**15)
+    expected_scale = statistic(x).std(0)
+    assert torch.allclose(result.scale.to(expected_scale), expected_scale, rtol=0.1)  # sd of x²: heavy tails
+    # E[T] - t on independent samples of the delivered flow, within a few standard errors
+    with torch.no_grad():
+        values = statistic(flow.sample(2**15))
+    fresh = values.mean(0) - torch.tensor([0.0, 1e3])
+    error = torch.hypot(values.std(0) / math.sqrt(values.shape[0]), result.violation_std_error.to(values))
+    assert ((fresh - result.violation.to(fresh)).abs() < 5 * error).all()
+    assert result.constraint_p_values.shape == (2,)
+    assert ((result.constraint_p_values >= 0) & (result.constraint_p_values <= 1)).all()
+
+
+def test_constraints_of_very_different_scales_converge_together():
+    """The converging run of the standard normal, with E[1e-3 x] = 0 and E[1e3 x²] = 1e3 as the constraints."""
+    flow = mixture_flow("pathwise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MaxEntNotConvergedWarning)  # a converged run does not warn
+        result = fit_maxent(
+            flow,
+            scaled_moments(1e-3, 1e3),
+            [0.0, 1e3],
+            steps=3000,
+            batch_size=256,
+            epoch_steps=300,
+            test_batches=32,
+            eval_samples=2**14,
+            progress=False,
+        )
+    assert result.converged
+    assert abs(result.entropy - GAUSSIAN_ENTROPY) < 0.05
+    assert result.standardized_violation.abs().max().item() < 0.05
+    assert abs(result.violation[0].item()) < 0.05e-3 and abs(result.violation[1].item()) < 0.05e3
+
+
+def test_a_run_stopped_before_its_test_passes_warns_with_numbers():
+    flow = mixture_flow("pathwise")
+    with pytest.warns(MaxEntNotConvergedWarning, match=r"constraint 1: standardised violation [+-]\d") as record:
+        result = fit_maxent(flow, moments, [0.0, 1.0], **SHORT)
+    assert not result.converged and result.steps == SHORT["steps"]
+    assert len(record) == 1 and "tolerance ±" in str(record[0].message)
+    assert issubclass(MaxEntNotConvergedWarning, UserWarning)
+
+
+def test_a_checkpoint_of_the_unstandardised_format_is_refused(tmp_path):
+    with pytest.warns(MaxEntNotConvergedWarning):
+        fit_maxent(mixture_flow(), moments, [0.0, 1.0], checkpoint_dir=tmp_path, **SMOKE)
+    path = tmp_path / "latest.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["format"] = "mog_flows.maxent/1"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"maxent/1"):
+        fit_maxent(mixture_flow(), moments, [0.0, 1.0], checkpoint_dir=tmp_path, **SMOKE)
+
+
+def test_a_statistic_constant_under_the_initial_flow_is_refused():
+    def statistic(x):
+        return torch.cat([x, 0 * x + 2.0], dim=-1)
+
+    with pytest.raises(ValueError, match=r"statistic column 1 \(of 2\) has zero variance under the initial flow"):
+        fit_maxent(mixture_flow(), statistic, [0.0, 2.0], **SMOKE)

@@ -19,7 +19,7 @@ $(VENV)/.core-installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: $(VENV)/.core-installed
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench,sbi]"
 	touch $@
 
 demo: $(VENV)/.core-installed

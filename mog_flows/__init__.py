@@ -2,8 +2,8 @@
 
 from .flows import build_flow
 from .mixture import MixtureOfGaussians
-from .training import fit
+from .training import fit, initialize_base, load_checkpoint
 
-__all__ = ["MixtureOfGaussians", "build_flow", "fit", "__version__"]
+__all__ = ["MixtureOfGaussians", "build_flow", "fit", "initialize_base", "load_checkpoint", "__version__"]
 
 __version__ = "0.1.0"

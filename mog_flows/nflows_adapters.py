@@ -27,6 +27,7 @@ __all__ = [
     "flow_embedding_net",
     "embed_context",
     "permutation_indices",
+    "transform_layers",
     "distribution_features",
     "sample_in_batches",
 ]
@@ -50,6 +51,15 @@ def flow_embedding_net(flow: Flow) -> nn.Module:
 def embed_context(flow: Flow, context: Tensor | None) -> Tensor | None:
     """The context as the flow's transform and base see it: through the flow's embedding net."""
     return None if context is None else flow._embedding_net(context)
+
+
+def transform_layers(transform: Transform) -> list[Transform]:
+    """The layers of a transform in their forward order: those of an nflows `CompositeTransform` (flattened),
+    else the transform itself."""
+    parts = getattr(transform, "_transforms", None)
+    if parts is None:
+        return [transform]
+    return [layer for part in parts for layer in transform_layers(part)]
 
 
 def permutation_indices(layer: Permutation) -> Tensor:

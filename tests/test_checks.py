@@ -148,7 +148,9 @@ def test_like():
     reference = torch.zeros(3)
     x = torch.ones(2)
     assert check_like("x", x, reference) is x
-    with pytest.raises(ValueError, match=r"x has dtype torch\.float64 on cpu but the base's parameters are torch\.float32"):
+    with pytest.raises(
+        ValueError, match=r"x has dtype torch\.float64 on cpu but the base's parameters are torch\.float32"
+    ):
         check_like("x", x.double(), reference, owner="the base")
 
 

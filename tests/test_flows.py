@@ -554,7 +554,11 @@ def test_a_standardized_flow_rebuilt_from_a_placeholder_loads_its_state():
 @pytest.mark.parametrize(
     "standardize, error, match",
     [
-        ([[1.0, 2.0]], TypeError, r"standardize must be None or a data tensor \(N, 2\); got list"),
+        (
+            [[1.0, 2.0]],
+            TypeError,
+            r"standardize must be None, a data tensor \(N, 2\) or a tuple \(x, context\); got list",
+        ),
         (torch.zeros(4, 3), ValueError, r"standardize must have shape \(N, 2\); got \(4, 3\)"),
         (torch.zeros(0, 2), ValueError, r"standardize must have at least one row"),
         (torch.tensor([[0.0, float("nan")]]), ValueError, r"standardize must be finite"),
@@ -563,3 +567,90 @@ def test_a_standardized_flow_rebuilt_from_a_placeholder_loads_its_state():
 def test_bad_standardize_data_is_refused(standardize, error, match):
     with pytest.raises(error, match=match):
         build_flow(2, standardize=standardize)
+
+
+# ---------------------------------------------------------------------------- embedding nets, base keywords
+def test_an_embedding_net_conditions_the_layers_and_the_base_on_its_output():
+    torch.manual_seed(0)
+    embedding = nn.Sequential(nn.Linear(5, 7), nn.Tanh())
+    flow = build_flow(2, num_layers=2, hidden_features=8, num_components=3, context_features=5, embedding_net=embedding)
+    assert flow_base(flow).context_features == 7  # the embedding's output width, found by a probe
+    x, context = torch.randn(6, 2), torch.randn(6, 5)
+    log_p = flow.log_prob(x, context=context)
+    assert log_p.shape == (6,) and flow.sample(4, context=context).shape == (6, 4, 2)
+    log_p.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in embedding.parameters())
+    with pytest.raises(
+        ValueError, match=r"context must have shape \(N, 5\) \(the embedding net's input\); got \(6, 7\)"
+    ):
+        flow.log_prob(x, context=torch.randn(6, 7))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            dict(embedding_net=nn.Linear(4, 3), context_features=5),
+            ValueError,
+            r"embedding_net fails on a context of shape \(2, 5\)",
+        ),
+        (dict(embedding_net=nn.Linear(4, 3)), ValueError, r"embedding_net needs context_features"),
+        (dict(embedding_net=lambda c: c, context_features=4), TypeError, r"embedding_net must be an nn.Module"),
+        (dict(embedding_net=nn.Flatten(0), context_features=4), ValueError, r"on \(2, 4\) it returned \(8,\)"),
+        (
+            dict(embedding_net=nn.Linear(4, 3), context_features=4, foo=1),
+            TypeError,
+            r"build_flow got unexpected keyword argument\(s\) 'foo'.*covariance, temperature, estimator",
+        ),
+        (
+            dict(embeding_net=nn.Linear(4, 3)),
+            TypeError,
+            r"build_flow got unexpected keyword argument\(s\) 'embeding_net'",
+        ),
+    ],
+)
+def test_bad_embedding_nets_and_keywords_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        build_flow(2, num_layers=1, **kwargs)
+
+
+def test_base_keywords_reach_the_mixture():
+    flow = build_flow(2, num_layers=1, covariance="full", estimator="gumbel-nested", temperature=0.3)
+    base = flow_base(flow)
+    assert (base.covariance, base.estimator, base.temperature, base.num_components) == (
+        "full",
+        "gumbel-nested",
+        0.3,
+        32,
+    )
+
+
+def test_standardize_with_a_context_z_scores_the_context():
+    generator = torch.Generator().manual_seed(0)
+    x = 100 + 10 * torch.randn(50, 2, generator=generator)
+    context = -5 + 3 * torch.randn(50, 3, generator=generator)
+    torch.manual_seed(0)
+    flow = build_flow(
+        2, num_layers=2, hidden_features=8, num_components=3, context_features=3, standardize=(x, context)
+    )
+    torch.manual_seed(0)
+    plain = build_flow(2, num_layers=2, hidden_features=8, num_components=3, context_features=3)
+    plain.load_state_dict(
+        {
+            k: v
+            for k, v in flow.state_dict().items()
+            if not k.startswith(("_embedding_net", "_transform._transforms.0."))
+        },
+        strict=False,
+    )
+    with torch.no_grad():  # give the conditioners something to do with the context
+        for p, q in zip(flow.parameters(), plain.parameters()):
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+            q.copy_(p)
+    mean_x, std_x = x.mean(0), x.std(0, correction=0)
+    mean_c, std_c = context.mean(0), context.std(0, correction=0)
+    with torch.no_grad():
+        expected = plain.log_prob((x - mean_x) / std_x, context=(context - mean_c) / std_c) - std_x.log().sum()
+        torch.testing.assert_close(flow.log_prob(x, context=context), expected, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match=r"standardize=\(x, context\) needs a conditional flow"):
+        build_flow(2, standardize=(x, context))

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,17 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from mog_flows import MixtureOfGaussians, build_flow
-from mog_flows.nflows_adapters import flow_base
+from mog_flows.nflows_adapters import embed_context, flow_base, flow_transform
 from mog_flows.training import (
     AFFINE_FLOW_INIT_SCALE_FACTOR,
     BASE_LR_FACTOR,
     BLOWUP_FACTOR,
     BLOWUP_STEPS,
+    DataOutsideTailBoundWarning,
     History,
     TrainingDivergedError,
     fit,
+    initialize_base,
     load_checkpoint,
 )
 
@@ -144,6 +147,7 @@ def test_validation_and_checkpoints_do_not_change_the_trajectory(tmp_path):
         val_data=val,
         checkpoint_dir=tmp_path,
         checkpoint_every=3,
+        restore_best=False,
     )
     assert_same_parameters(plain, observed)
 
@@ -972,3 +976,144 @@ def test_fit_on_cuda_resumes(tmp_path):
     for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
     fit(make_flow(), x, steps=3, batch_size=BATCH, device="cuda", progress=False)
+
+
+# ------------------------------------------------------------------------------------------- restore_best
+def drifting_mixture() -> tuple[MixtureOfGaussians, torch.Tensor, torch.Tensor]:
+    """A mixture at the origin trained on data at (3, 3), validated on data at the origin: the validation NLL is
+    lowest early and rises as the fit moves away, so the best step comes well before the last."""
+    torch.manual_seed(0)
+    base = MixtureOfGaussians(2, 2)
+    generator = torch.Generator().manual_seed(4)
+    return base, 3 + torch.randn(400, 2, generator=generator), torch.randn(200, 2, generator=generator)
+
+
+def test_restore_best_leaves_the_best_validation_state(tmp_path):
+    base, x, val = drifting_mixture()
+    arguments = dict(steps=40, batch_size=64, lr=0.05, init_base=False, val_data=val, checkpoint_every=10)
+    history = fit(base, x, checkpoint_dir=tmp_path, progress=False, **arguments)
+    assert history.val_steps == [10, 20, 30, 40]
+    assert history.best_step == 10 == history.restored_step and history.best_val_nll == min(history.val_nll)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["step"] == 10
+    assert_same_state(base.state_dict(), best["model"])
+    # the model's NLL on the validation data is the best one recorded
+    assert mean_nll(base, val) == pytest.approx(history.best_val_nll, rel=1e-6)
+    # restore_best=False: the last step, as in latest.pt
+    last, x, val = drifting_mixture()
+    history = fit(last, x, checkpoint_dir=tmp_path / "last", progress=False, restore_best=False, **arguments)
+    assert history.restored_step is None
+    assert_same_state(last.state_dict(), load_checkpoint(tmp_path / "last" / "latest.pt")["model"])
+    assert mean_nll(last, val) > history.best_val_nll + 0.1
+
+
+def test_restore_best_after_a_resume_reads_best_pt(tmp_path):
+    base, x, val = drifting_mixture()
+    arguments = dict(steps=40, batch_size=64, lr=0.05, init_base=False, val_data=val, checkpoint_every=10)
+    fit(base, x, checkpoint_dir=tmp_path, progress=False, restore_best=False, **arguments)
+    again, *_ = drifting_mixture()
+    history = fit(again, x, checkpoint_dir=tmp_path, progress=False, **arguments)  # finished: only restores
+    assert history.restored_step == history.best_step == 10
+    assert_same_state(again.state_dict(), load_checkpoint(tmp_path / "best.pt")["model"])
+
+
+def test_restore_best_is_a_no_op_without_validation_or_when_the_last_step_is_best():
+    x = data_tensor(500)
+    plain, restored = make_flow(), make_flow()
+    fit(plain, x, steps=6, batch_size=BATCH, progress=False)
+    history = fit(restored, x, steps=6, batch_size=BATCH, progress=False, restore_best=True)
+    assert history.restored_step is None and history.best_step is None
+    assert_same_parameters(plain, restored)
+    with pytest.raises(ValueError, match="restore_best must be True or False"):
+        fit(make_flow(), x, steps=1, progress=False, restore_best="yes")
+
+
+# ------------------------------------------------------------------------------------------- initialize_base
+@pytest.mark.parametrize("transform", ["nsf", "maf"])
+def test_initialize_base_is_the_initialisation_fit_does(transform):
+    x = data_tensor(3000)
+    flow = make_flow(transform=transform)
+    initialize_base(flow, x, seed=3)
+    # a new flow is the identity: the base is the EM fit of the data, widened under affine flows only
+    reference = MixtureOfGaussians(2, 3)
+    reference.initialize_from_data(x, seed=3, scale_factor=AFFINE_FLOW_INIT_SCALE_FACTOR if transform == "maf" else 1)
+    for name, value in reference.mixture_parameters().items():
+        torch.testing.assert_close(flow_base(flow).mixture_parameters()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_initialize_base_pushes_the_data_and_the_embedded_context_through_the_flow():
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randn(800, 3, generator=generator)
+    x = context[:, :2] + 0.1 * torch.randn(800, 2, generator=generator)
+    torch.manual_seed(0)
+    flow = build_flow(
+        2,
+        num_layers=2,
+        hidden_features=16,
+        num_components=3,
+        context_features=3,
+        embedding_net=nn.Sequential(nn.Linear(3, 4), nn.Tanh()),
+    )
+    with torch.no_grad():  # a transform that is not the identity, so that the push matters
+        for parameter in flow_transform(flow).parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    initialize_base(flow, x, context, seed=1)
+    with torch.no_grad():
+        z = flow_transform(flow)(x, context=embed_context(flow, context))[0]
+    reference = MixtureOfGaussians(2, 3, context_features=4, hidden_features=16)
+    reference.initialize_from_data(z, seed=1)
+    got = flow_base(flow).mixture_parameters(torch.zeros(1, 4))  # the marginal fit: independent of the context
+    for name, value in reference.mixture_parameters(torch.zeros(1, 4)).items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_initialize_base_refuses_models_without_a_mixture_and_bad_data():
+    with pytest.raises(ValueError, match="needs a MixtureOfGaussians or a Flow over one; got Flow over"):
+        initialize_base(make_flow(base="gaussian"), data_tensor(100))
+    with pytest.raises(ValueError, match=r"x must be finite; got 20 NaN"):
+        initialize_base(make_flow(), torch.full((10, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"x has 3 features but the model expects 2"):
+        initialize_base(make_flow(), torch.zeros(10, 3))
+
+
+# ------------------------------------------------------------------------------------------- data out of range
+def raw_units(n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """1-D data in raw units: two modes near 1000 and 1100 (galaxy velocities / 10, say)."""
+    generator = torch.Generator().manual_seed(seed)
+    modes = 1000 + 100 * torch.randint(2, (n, 1), generator=generator)
+    return modes + 15 * torch.randn(n, 1, generator=generator)
+
+
+def test_data_outside_the_tail_bound_warn_with_the_fix():
+    x = raw_units()
+    torch.manual_seed(0)
+    flow = build_flow(1, num_layers=2, hidden_features=8, num_components=2)
+    with pytest.warns(DataOutsideTailBoundWarning, match=r"100% of the training points .* standardize=x_train"):
+        fit(flow, x, steps=2, progress=False)
+    # standardised, the same data raise no warning
+    torch.manual_seed(0)
+    flow = build_flow(1, num_layers=2, hidden_features=8, num_components=2, standardize=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataOutsideTailBoundWarning)
+        fit(flow, x, steps=2, progress=False)
+
+
+def test_a_gaussian_base_flow_on_data_outside_its_splines_gets_a_clear_error():
+    torch.manual_seed(0)
+    flow = build_flow(1, base="gaussian", num_layers=2, hidden_features=8)
+    with pytest.warns(DataOutsideTailBoundWarning), pytest.raises(ValueError, match="does not depend on any trainable"):
+        fit(flow, raw_units(), steps=2, progress=False)
+
+
+def test_standardize_trains_raw_units_as_a_hand_scaled_flow_does():
+    x, test = raw_units(), raw_units(500, seed=1)
+    mean, std = x.mean(0), x.std(0, correction=0)
+    torch.manual_seed(0)
+    raw = build_flow(1, num_layers=2, hidden_features=8, num_components=2, standardize=x)
+    torch.manual_seed(0)
+    scaled = build_flow(1, num_layers=2, hidden_features=8, num_components=2)
+    fit(raw, x, steps=30, progress=False, seed=2)
+    fit(scaled, (x - mean) / std, steps=30, progress=False, seed=2)
+    with torch.no_grad():
+        expected = scaled.log_prob((test - mean) / std) - std.log().sum()
+        torch.testing.assert_close(raw.log_prob(test), expected, rtol=0, atol=1e-3)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .. import training
+from ..baselines import RAD
 from ..checks import check_positive_int
 from ..datasets import DATASETS, get_dataset
 from ..mixture import INIT_RESTARTS
@@ -116,6 +117,7 @@ def rad_specs(
             raise ValueError(f"the RAD study is on 2-D targets; {name!r} has {get_dataset(name).features} features")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct; got {seeds}")
+    RAD(2, num_pieces=num_pieces, num_layers=1, hidden_features=2)  # a bad num_pieces fails before any run
     return [
         RunSpec(
             dataset,
@@ -301,12 +303,14 @@ def _paper_section(datasets: Sequence[str]) -> list[str]:
         "between modes, does it separate disconnected pieces).",
         "- Where they differ: (i) the paper's flow baseline is Real NVP (affine couplings, Gaussian base); here both "
         "flows are neural spline flows, one with a learned mixture base, and every model gets the same parameter "
-        "budget; (ii) this RAD is a reconstruction (`mog_flows.baselines.rad`: increasing affine pieces with "
-        "downward jumps, ResidualNet conditioners and gates), not the paper's code, of which none is public; (iii) "
+        "budget; (ii) this RAD is a reconstruction (`mog_flows.baselines.rad`: continuous piecewise-linear maps "
+        "whose pieces alternate in slope sign and fold the line, a gate that fades to zero at the ends of each "
+        "piece's image, ResidualNet conditioners), not the paper's code, of which none is public; (iii) "
         "the targets' parameters (number, spacing and width of the modes, ring radii, noise) are the zoo's, not the "
         "paper's, so NLL values are not comparable with the paper's numbers, only the ranking and the pictures are; "
         "(iv) training is short (the *steps* above, on a CPU), and the paper's figures of the inferred "
-        "discrete latent (RAD's partition of the plane) are not redrawn.",
+        "discrete latent (RAD's partition of the plane) are not redrawn (`RAD.assign(x)` gives each point's "
+        "pieces for such a figure).",
     ]
 
 

@@ -131,6 +131,7 @@ def test_script_quick_writes_report_csv_and_figure_and_rewrites_the_report(tmp_p
         (["--datasets", "digits"], "2-D targets; 'digits' has 64 features"),
         (["--steps", "0"], "steps must be a positive integer"),
         (["--num-pieces", "0"], "num_pieces must be a positive integer"),
+        (["--num-pieces", "2"], "signs='alternating' needs an odd num_pieces"),
         (["--workers", "0"], "workers must be a positive integer"),
         (["--seeds", "-1"], "seeds must be non-negative"),
         (["--lr", "-1"], "lr must be a positive finite number"),

@@ -6,8 +6,10 @@ Every target draws samples with torch's RNG only, from a `torch.Generator` made 
 generator when `seed=None`), computes in float64 and returns the dtype asked for. `has_exact_density` says
 whether `log_prob` is available, so that evaluation can report KL(p‖q) = E_p[log p(x) − log q(x)].
 
-Exact densities: "eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", "spirals" (all 2-D)
-and "gaussian_mixture" (D = 10 by default). Not exact: "digits" (real data).
+Exact densities: "eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", "spirals",
+"banana_modes", "mixed_shapes", "ring_of_rings" (all 2-D) and "gaussian_mixture" (D = 10 by default). Not exact:
+"digits" (real data). The last three 2-D targets have modes that are not Gaussian (bent, of different shapes,
+rings), so that neither a mixture alone nor a flow over one Gaussian fits them easily (`ShapeMixture`).
 
 The toys look like the FFJORD / neural-spline-flow sets but are built so that their density has a closed form:
 
@@ -44,6 +46,10 @@ __all__ = [
     "Checkerboard",
     "Pinwheel",
     "Spirals",
+    "ShapeMixture",
+    "BananaModes",
+    "MixedShapes",
+    "RingOfRings",
     "GaussianMixture",
     "Digits",
     "DATASETS",
@@ -456,6 +462,124 @@ class Spirals(Target):
         return math.log(2 / self.num_arms) + log_g + torch.logsumexp(log_vm, dim=-1)
 
 
+# ---------------------------------------------------------------------------------- modes that are not Gaussian
+class _Banana:
+    """One banana-shaped mode: z ~ N(0, diag(s₁², s₂²)), bent by the shear (z₁, z₂) ↦ (z₁, z₂ + b z₁²) (unit
+    Jacobian), rotated by φ and moved to c: x = c + R_φ (z₁, z₂ + b z₁²). Exactly,
+
+        log p(x) = log N(z₁; 0, s₁²) + log N(z₂; 0, s₂²),   (z₁, y₂) = R_φᵀ (x - c),  z₂ = y₂ - b z₁²."""
+
+    def __init__(self, centre, angle: float, *, length: float, width: float, bend: float) -> None:
+        self.centre = torch.as_tensor(centre, dtype=torch.float64)
+        self.angle, self.length, self.width, self.bend = float(angle), float(length), float(width), float(bend)
+
+    def sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        z = torch.randn(n, 2, generator=generator, dtype=torch.float64) * torch.tensor([self.length, self.width])
+        bent = torch.stack([z[:, 0], z[:, 1] + self.bend * z[:, 0] ** 2], -1)
+        return self.centre + _rotate(bent, torch.tensor(self.angle, dtype=torch.float64))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        y = _rotate(x - self.centre.to(x), torch.tensor(-self.angle, dtype=x.dtype, device=x.device))
+        z2 = y[:, 1] - self.bend * y[:, 0] ** 2
+        return (
+            -0.5 * (y[:, 0] / self.length) ** 2
+            - 0.5 * (z2 / self.width) ** 2
+            - math.log(self.length * self.width)
+            - _LOG_2PI
+        )
+
+
+class _Arcs:
+    """Components of an `ArcMixture` (noisy arcs, rings, Gaussians) as one component with its own weights."""
+
+    def __init__(self, mixture: ArcMixture) -> None:
+        self.mixture = mixture
+
+    def sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        return self.mixture._sample(n, generator)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.mixture._log_prob(x)
+
+
+class ShapeMixture(Target):
+    """A mixture of modes of any shape with exact densities (`_Banana`, `_Arcs`): p(x) = Σ_k w_k p_k(x).
+
+    Args:
+        weights: w (K,), positive, summing to 1.
+        components: K objects with `sample(n, generator)` and `log_prob(x)` (float64).
+        name: the registry name.
+        modes: (M, 2) mode centres for mode coverage, or None.
+    """
+
+    features = 2
+
+    def __init__(self, weights, components, *, name: str, modes: Tensor | None = None) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights.shape != (len(components),) or abs(self.weights.sum().item() - 1) > 1e-9:
+            raise ValueError(f"weights must be ({len(components)},) and sum to 1; got {self.weights}")
+        self.components, self.name, self.modes = list(components), name, modes
+        self.is_multimodal = len(components) > 1
+
+    def _sample(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
+        k = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
+        x = torch.empty(num_samples, 2, dtype=torch.float64)
+        for index, component in enumerate(self.components):
+            rows = (k == index).nonzero().squeeze(-1)
+            if rows.numel():
+                x[rows] = component.sample(rows.numel(), generator)
+        return x
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        log_components = torch.stack([component.log_prob(x) for component in self.components], -1)  # (N, K)
+        return torch.logsumexp(self.weights.to(x.device).log() + log_components, dim=-1)
+
+
+class BananaModes(ShapeMixture):
+    """Five equally weighted banana-shaped modes around a circle of radius `radius`, each bent along the circle:
+    a flow must bend every mode, a mixture must spend several Gaussians on each."""
+
+    def __init__(self, *, radius: float = 2.8, length: float = 0.4, width: float = 0.1, bend: float = 1.0) -> None:
+        angles = torch.arange(5, dtype=torch.float64) * (2 * math.pi / 5) + math.pi / 2
+        centres = radius * _unit(angles)
+        components = [
+            # the banana's long axis runs along the circle (angle + π/2); it bends towards the centre
+            _Banana(centre, a.item() + math.pi / 2, length=length, width=width, bend=bend)
+            for centre, a in zip(centres, angles)
+        ]
+        super().__init__(_equal_weights(5), components, name="banana_modes", modes=centres)
+
+
+class MixedShapes(ShapeMixture):
+    """Four modes of different shapes: a banana, a narrow elongated arc, a wide Gaussian and a small ring."""
+
+    def __init__(self) -> None:
+        components = [
+            _Banana((-2.0, 2.0), 0.3, length=0.6, width=0.12, bend=-0.5),
+            _Arcs(
+                ArcMixture(
+                    torch.ones(1), [[2.0, 1.0]], radii=1.2, directions=-math.pi / 2, concentrations=4.0, noise=0.08
+                )
+            ),
+            _Arcs(ArcMixture(torch.ones(1), [[2.0, -2.5]], noise=0.6)),
+            _Arcs(ArcMixture(torch.ones(1), [[-2.0, -2.0]], radii=0.6, noise=0.07)),
+        ]
+        modes = torch.tensor([[-2.0, 2.0], [2.0, -0.2], [2.0, -2.5], [-2.0, -2.0]], dtype=torch.float64)
+        super().__init__([0.3, 0.25, 0.25, 0.2], components, name="mixed_shapes", modes=modes)
+
+
+class RingOfRings(ArcMixture):
+    """`count` small noisy rings (radius `ring_radius`, noise `noise`) centred on a circle of radius `radius`."""
+
+    def __init__(self, *, count: int = 6, radius: float = 2.5, ring_radius: float = 0.5, noise: float = 0.06) -> None:
+        centres = radius * _unit(
+            torch.arange(check_positive_int("count", count), dtype=torch.float64) * (2 * math.pi / count)
+        )
+        super().__init__(
+            _equal_weights(count), centres, radii=ring_radius, noise=noise, name="ring_of_rings", modes=centres
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- D ≥ 10
 class GaussianMixture(Target):
     """A fixed mixture of K full-covariance Gaussians in D dimensions, drawn from `seed`:
@@ -590,6 +714,9 @@ _REGISTRY: dict[str, type[Target]] = {
     "moons": Moons,
     "pinwheel": Pinwheel,
     "spirals": Spirals,
+    "banana_modes": BananaModes,
+    "mixed_shapes": MixedShapes,
+    "ring_of_rings": RingOfRings,
     "gaussian_mixture": GaussianMixture,
     "digits": Digits,
 }

@@ -28,7 +28,18 @@ from mog_flows.datasets import (
     make_splits,
 )
 
-TOYS = ("eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", "spirals")
+TOYS = (
+    "eight_gaussians",
+    "grid",
+    "rings",
+    "checkerboard",
+    "moons",
+    "pinwheel",
+    "spirals",
+    "banana_modes",
+    "mixed_shapes",
+    "ring_of_rings",
+)
 
 # Midpoint grid over [-HALF_WIDTH, HALF_WIDTH]² with step h, whose cell edges fall on the checkerboard's square
 # edges (multiples of 2), so the piecewise-constant checkerboard is integrated exactly. The other toys keep > 9

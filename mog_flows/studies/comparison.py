@@ -55,10 +55,10 @@ from ..checks import check_choice, check_positive_int
 from ..datasets import DATASETS, Digits, Target, get_dataset, make_splits
 from ..evaluation import evaluate
 from ..flows import TRANSFORMS, build_flow
-from ..mixture import INIT_RESTARTS
+from ..mixture import INIT_RESTARTS, MixtureOfGaussians
 from ..training import TrainingDivergedError, fit, load_checkpoint
 from . import report
-from .budgets import count_parameters, matched_hidden_features, matched_rad_hidden_features
+from .budgets import count_parameters, flow_parameters, matched_hidden_features, matched_rad_hidden_features
 from .report import mean_std, pm
 from .runner import run_many
 
@@ -84,7 +84,9 @@ __all__ = [
 ]
 
 BASES = ("gaussian", "mog")
-MODELS = (*BASES, "rad")  # what RunSpec.base may name: a flow's base, or the RAD baseline
+# what RunSpec.base may name: a flow's base, the RAD baseline, or "mixture": the MoG base alone (no flow), the
+# reference that says what a flow adds to a mixture
+MODELS = (*BASES, "rad", "mixture")
 _ROW_FORMAT = 3  # bump when run_one's rows change, so that cached rows are not reused
 NUM_SAMPLES_RECORDED = 2000  # model samples a row keeps for figures (with density_resolution, D = 2)
 MIN_COMPONENTS = 32  # the least K of a MoG base; more when the target lists more point modes
@@ -131,7 +133,9 @@ class RunSpec:
 
     Attributes:
         dataset: a name in `datasets.DATASETS`.
-        base: "gaussian" or "mog" (the flow's base), or "rad" (`baselines.RAD`, no flow).
+        base: "gaussian" or "mog" (the flow's base), "rad" (`baselines.RAD`, no flow) or "mixture" (the
+            diagonal `MixtureOfGaussians` with the MoG flow's K alone, EM-initialised by `fit` and trained; its
+            `transform` only names the MoG flow it is the reference for).
         transform: "nsf", "maf" or "realnvp"; for "rad", the transform of the MoG flow whose budget it is given.
         seed: seeds the data splits, the flow's initialisation and `fit`.
         steps, batch_size, lr: `fit`'s arguments (Adam with cosine decay from `lr`).
@@ -190,6 +194,10 @@ def default_num_components(target: Target) -> int:
 def _build_model(spec: RunSpec, features: int, num_components: int) -> tuple[torch.nn.Module, int, int]:
     """The spec's model with torch seeded by `spec.seed`: (model, its width, the MoG flow's parameter count)."""
     widths = dict(num_layers=spec.num_layers, hidden_features=spec.hidden_features, num_components=num_components)
+    if spec.base == "mixture":  # K as the flow's; no budget matching: a reference, not a competitor
+        mog_count = flow_parameters(features, "mog", spec.transform, **widths)
+        torch.manual_seed(spec.seed)
+        return MixtureOfGaussians(features, num_components), 0, mog_count
     if spec.base == "rad":
         hidden, _, mog_count = matched_rad_hidden_features(
             features, spec.transform, num_pieces=spec.num_pieces, **widths
@@ -421,7 +429,9 @@ def write_markdown(
         f"# {title}",
         "",
         f"{len(rows)} runs: {len(datasets)} targets × {len(transforms)} transforms × 2 bases × "
-        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}). "
+        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+        + (", and the mixture alone per target and seed" if any(r["base"] == "mixture" for r in rows) else "")
+        + ". "
         f"Every run: {first['num_layers']} flow layers, Adam, lr {first['lr']:g} with cosine decay, batch "
         f"{first['batch_size']}, gradient-norm clipping at 5, the same steps for both bases (column *steps*); "
         f"{first['num_train']} train / {first['num_val']} validation / {first['num_test']} test points drawn from the "
@@ -443,10 +453,19 @@ def write_markdown(
         "same test points of log p − log q (paired), for targets with an exact density. **ΔNLL** = MoG − Gaussian "
         "per seed (same data), mean ± std; *wins* = seeds where the MoG base has the lower test NLL. "
         "± is the sample standard deviation over seeds.",
+    ]
+    mixtures = {s["dataset"]: s for (_, base, _), s in summaries.items() if base == "mixture"}
+    no_mixture = {"nll_mean": math.nan, "nll_std": math.nan, "kl_mean": math.nan, "kl_std": math.nan}
+    if mixtures:
+        lines += [
+            "- **Mixture alone**: the MoG base without a flow (same K, EM-initialised and trained by `fit` like the "
+            "flows); *NLL / KL mixture* repeat it in every transform's row. It tells what the flow adds to a mixture."
+        ]
+    lines += [
         "",
         "| target | D | K | transform | steps | hidden G / M | params G / M | NLL Gaussian | NLL MoG | ΔNLL | wins "
-        "| KL Gaussian | KL MoG | modes G / M |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| KL Gaussian | KL MoG | modes G / M |" + (" NLL mixture | KL mixture |" if mixtures else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if mixtures else ""),
     ]
     for dataset in datasets:
         for transform in transforms:
@@ -462,6 +481,7 @@ def write_markdown(
                 else f"{g['mode_coverage_mean']:.2f} / {m['mode_coverage_mean']:.2f}"
             )
             failed = g["failed"] + m["failed"]
+            mixture = mixtures.get(dataset, no_mixture)
             lines.append(
                 f"| {dataset}{f' ({failed} failed)' if failed else ''} | {m['features']} | {m['num_components']} "
                 f"| {transform} | {m['steps']} | {g['hidden_features']} / {m['hidden_features']} "
@@ -469,7 +489,13 @@ def write_markdown(
                 f"| {pm(m['nll_mean'], m['nll_std'])} | {pm(p['diff_mean'], p['diff_std'])} "
                 f"| {p['mog_wins']}/{p['pairs']} | {pm(g['kl_mean'], g['kl_std'])} | {pm(m['kl_mean'], m['kl_std'])} "
                 f"| {coverage} |"
+                + (
+                    f" {pm(mixture['nll_mean'], mixture['nll_std'])} | {pm(mixture['kl_mean'], mixture['kl_std'])} |"
+                    if mixtures
+                    else ""
+                )
             )
+    lines += _mixture_section(rows, summaries, datasets, transforms)
     lines += ["", "## Targets of the full run, checked against these numbers", ""]
     for dataset, threshold in kl_targets.items():
         m = summaries.get((dataset, "mog", "nsf"))
@@ -528,6 +554,40 @@ def write_markdown(
     text = "\n".join(lines)
     Path(path).write_text(text)
     return text
+
+
+def _mixture_section(rows, summaries, datasets, transforms) -> list[str]:
+    """Per target: does the MoG-base flow beat the mixture alone (paired by seed, the mixture's own splits)?"""
+    if not any(row["base"] == "mixture" for row in rows):
+        return []
+    lines = ["", "## What the flow adds to the mixture alone", ""]
+    lines += [
+        "ΔNLL = MoG-base flow − mixture alone, paired by seed (the same data); *wins* = seeds where the flow is "
+        "lower. A target where the flow does not win is one a mixture fits by itself.",
+        "",
+        "| target | transform | NLL mixture | NLL MoG flow | ΔNLL | wins | flow beats mixture |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    mixture_rows = [row for row in rows if row["base"] == "mixture"]
+    for dataset in datasets:
+        for transform in transforms:
+            m = summaries.get((dataset, "mog", transform))
+            alone = [r for r in mixture_rows if r["dataset"] == dataset]
+            if m is None or not alone:
+                continue
+            renamed = [{**r, "base": "gaussian", "transform": transform} for r in alone]  # pair with the flow rows
+            flow_rows = [r for r in rows if (r["dataset"], r["base"], r["transform"]) == (dataset, "mog", transform)]
+            pair = paired_differences(flow_rows + renamed)[0] if flow_rows else None
+            if pair is None:
+                continue
+            mixture = summarize(alone)[0]
+            beats = m["nll_mean"] < mixture["nll_mean"]
+            lines.append(
+                f"| {dataset} | {transform} | {pm(mixture['nll_mean'], mixture['nll_std'])} "
+                f"| {pm(m['nll_mean'], m['nll_std'])} | {pm(pair['diff_mean'], pair['diff_std'])} "
+                f"| {pair['mog_wins']}/{pair['pairs']} | {'yes' if beats else '**no**'} |"
+            )
+    return lines
 
 
 def plot_density_grid(
@@ -674,7 +734,8 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
         for dataset in datasets
         for transform in transforms
         for seed in seeds
-        for base in BASES
+        for base in (*BASES, "mixture")
+        if base != "mixture" or transform == transforms[0]  # the mixture alone does not depend on the transform
     ]
     began = time.perf_counter()
     rows, cache_dir = run_study(specs, args.out, name, workers=args.workers)

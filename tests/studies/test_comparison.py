@@ -199,10 +199,17 @@ def test_script_smoke_writes_table_csv_and_figure(tmp_path):
     assert "wrote" in result.stdout
     with open(tmp_path / "compare_bases.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {(r["base"], r["transform"]) for r in rows} == {(b, t) for b in ("gaussian", "mog") for t in ("nsf", "maf")}
+    flows = {(b, t) for b in ("gaussian", "mog") for t in ("nsf", "maf")}
+    assert {(r["base"], r["transform"]) for r in rows} == flows | {("mixture", "nsf")}  # the mixture alone: once
     assert all(math.isfinite(float(r["nll"])) for r in rows)
-    assert all(int(r["parameters"]) >= int(r["mog_parameters"]) for r in rows)
-    assert "| eight_gaussians | 2 | 32 | nsf |" in (tmp_path / "compare_bases.md").read_text()
+    assert all(int(r["parameters"]) >= int(r["mog_parameters"]) for r in rows if r["base"] != "mixture")
+    mixture = [r for r in rows if r["base"] == "mixture"]
+    assert len(mixture) == 2 and all(
+        int(r["parameters"]) == 32 * 5 for r in mixture if r["dataset"] != "gaussian_mixture"
+    )
+    text = (tmp_path / "compare_bases.md").read_text()
+    assert "| eight_gaussians | 2 | 32 | nsf |" in text
+    assert "## What the flow adds to the mixture alone" in text and "| eight_gaussians | maf |" in text
     assert (tmp_path / "compare_bases.png").stat().st_size > 5_000
     assert (tmp_path / "compare_bases_densities.npz").exists()
 

@@ -22,6 +22,8 @@ Corrections to the seeds, each noted again where it matters:
 - seed 001 §2.3 samples with L = Ūᵀ "inverse of its transpose"; the covariance factor is L = U⁻¹,
   Σ = (UᵀU)⁻¹ = U⁻¹U⁻ᵀ (with L = U⁻ᵀ, L Lᵀ = (U Uᵀ)⁻¹ ≠ Σ in general).
 - seed 001 eq. 15 is not an upper bound of the NLL in general (`jensen_bound`, form="seed").
+- seed 000's NLL computes exp, sums, then takes log(prob + 1e-300): a point far from every component underflows
+  to the floor, log(1e-300) ≈ -690.8, whatever its true density; here it is a logsumexp of log densities.
 - seed 000's "collinearity penalty" depends on the labels only, so its gradient w.r.t. the network is zero
   (`collinearity_penalty`); `residual_correlation_penalty` is a differentiable penalty of the kind its text asks for.
 """

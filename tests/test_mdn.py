@@ -284,8 +284,9 @@ def test_sample_covariance_is_inverse_precision():
     monte_carlo_check(samples, params["means"][0, 0].detach(), covariance)
 
 
-def test_sample_moments_of_the_mixture():
-    mdn = make_mdn("full", num_components=3)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_sample_moments_of_the_mixture(covariance):
+    mdn = make_mdn(covariance, num_components=3)
     with torch.no_grad():
         mdn.net[-1].weight.normal_(0, 0.5)
     context = torch.randn(1, 3, dtype=torch.float64)

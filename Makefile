@@ -14,7 +14,7 @@ $(VENV)/.core-installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
-# the test extra, and the benchmark's peers (zuko, pyro, normflows): tests/test_experiments.py runs the benchmark,
+# the test extra, the peers (zuko, pyro, normflows, glasflow) and sbi: tests/test_experiments.py runs the benchmark,
 # whose adapters for the peers are only exercised where they are installed
 setup: $(VENV)/.installed
 

@@ -59,6 +59,7 @@ from ..mixture import INIT_RESTARTS, MixtureOfGaussians
 from ..training import TrainingDivergedError, fit, load_checkpoint
 from . import report
 from .budgets import count_parameters, flow_parameters, matched_hidden_features, matched_rad_hidden_features
+from .peers import PEERS, build_peer, finish_peer, matched_peer
 from .report import mean_std, pm
 from .runner import run_many
 
@@ -86,7 +87,7 @@ __all__ = [
 BASES = ("gaussian", "mog")
 # what RunSpec.base may name: a flow's base, the RAD baseline, or "mixture": the MoG base alone (no flow), the
 # reference that says what a flow adds to a mixture
-MODELS = (*BASES, "rad", "mixture")
+MODELS = (*BASES, "rad", "mixture", *PEERS)  # PEERS: other libraries' multimodal flows (`studies.peers`)
 _ROW_FORMAT = 3  # bump when run_one's rows change, so that cached rows are not reused
 NUM_SAMPLES_RECORDED = 2000  # model samples a row keeps for figures (with density_resolution, D = 2)
 MIN_COMPONENTS = 32  # the least K of a MoG base; more when the target lists more point modes
@@ -191,9 +192,27 @@ def default_num_components(target: Target) -> int:
     return max(MIN_COMPONENTS, 0 if modes is None else int(modes.shape[0]))
 
 
-def _build_model(spec: RunSpec, features: int, num_components: int) -> tuple[torch.nn.Module, int, int]:
-    """The spec's model with torch seeded by `spec.seed`: (model, its width, the MoG flow's parameter count)."""
+def _build_model(
+    spec: RunSpec, features: int, num_components: int, train: torch.Tensor | None = None
+) -> tuple[torch.nn.Module, int, int]:
+    """The spec's model with torch seeded by `spec.seed`: (model, its width, the MoG flow's parameter count).
+    `train`: the training data, which a peer initialises its base from (its own recommended way)."""
     widths = dict(num_layers=spec.num_layers, hidden_features=spec.hidden_features, num_components=num_components)
+    if spec.base in PEERS:  # the smallest width with at least the MoG flow's parameters (±5 % where it can)
+        mog_count = flow_parameters(features, "mog", spec.transform, **widths)
+        matched = matched_peer(
+            spec.base, features, mog_count, num_layers=spec.num_layers, num_components=num_components
+        )
+        torch.manual_seed(spec.seed)
+        model = build_peer(
+            spec.base,
+            features,
+            hidden_features=matched.hidden_features,
+            num_layers=spec.num_layers,
+            num_components=num_components,
+            data=train,
+        )
+        return model, matched.hidden_features, mog_count
     if spec.base == "mixture":  # K as the flow's; no budget matching: a reference, not a competitor
         mog_count = flow_parameters(features, "mog", spec.transform, **widths)
         torch.manual_seed(spec.seed)
@@ -237,7 +256,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     D = target.features
     K = spec.num_components or default_num_components(target)
     train, val, test = _splits(target, spec)
-    flow, hidden, mog_count = _build_model(spec, D, K)
+    flow, hidden, mog_count = _build_model(spec, D, K, train)
     row: dict[str, Any] = {
         **{k: v for k, v in dataclasses.asdict(spec).items() if k in CSV_COLUMNS},
         "num_pieces": spec.num_pieces,  # RAD's; the flows' rows carry the spec's unused value
@@ -273,6 +292,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             return {**row, **nan, "train_seconds": seconds, "seconds_per_step": math.nan, "error": str(error)}
         seconds = time.perf_counter() - start
         load_checkpoint(Path(directory) / "best.pt", flow)
+    if spec.base in PEERS:
+        finish_peer(flow, spec.base)  # glasflow: the resampled base's normalising constant, estimated after training
     flow.eval()
     torch.manual_seed(spec.seed)  # mode coverage samples from the flow
     metrics = evaluate(flow, target, test, num_samples=min(5000, 2 * test.shape[0]))
@@ -496,6 +517,7 @@ def write_markdown(
                 )
             )
     lines += _mixture_section(rows, summaries, datasets, transforms)
+    lines += _peer_section(rows, summaries, datasets)
     lines += ["", "## Targets of the full run, checked against these numbers", ""]
     for dataset, threshold in kl_targets.items():
         m = summaries.get((dataset, "mog", "nsf"))
@@ -590,6 +612,50 @@ def _mixture_section(rows, summaries, datasets, transforms) -> list[str]:
     return lines
 
 
+def _peer_section(rows, summaries, datasets) -> list[str]:
+    """Per target: each peer against our NSF + MoG flow, paired by seed, with parameter counts and versions."""
+    peers = [name for name in PEERS if any(row["base"] == name for row in rows)]
+    if not peers:
+        return []
+    from .peers import peer_versions
+
+    versions = ", ".join(f"{k} {v}" for k, v in peer_versions().items() if v is not None)
+    lines = ["", "## Peers at equal parameter budgets", ""]
+    lines += [
+        f"Each peer (`mog_flows.studies.peers`; {versions}) gets the smallest width whose parameter count is at least "
+        "our NSF + MoG flow's (*params*), the same data, steps, batch, learning rate and `fit` (best validation "
+        "checkpoint), and its own recommended initialisation. ΔNLL = peer − ours (NSF + MoG) paired by seed; "
+        "*ours lower* = seeds where ours has the lower test NLL.",
+        "",
+        "| target | model | params | NLL | KL | ΔNLL vs ours | ours lower |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset in datasets:
+        ours = summaries.get((dataset, "mog", "nsf"))
+        if ours is None:
+            continue
+        lines.append(
+            f"| {dataset} | ours (NSF + MoG) | {ours['parameters']} | {pm(ours['nll_mean'], ours['nll_std'])} "
+            f"| {pm(ours['kl_mean'], ours['kl_std'])} | | |"
+        )
+        for peer in peers:
+            summary = summaries.get((dataset, peer, "nsf"))
+            if summary is None:
+                continue
+            pair = next(
+                (p for p in paired_differences(rows, base=peer, reference="mog") if p["dataset"] == dataset), None
+            )
+            diff = "—" if pair is None else pm(pair["diff_mean"], pair["diff_std"])
+            ours_lower = "—" if pair is None else f"{pair['pairs'] - pair['mog_wins']}/{pair['pairs']}"
+            failed = f" ({summary['failed']} failed)" if summary["failed"] else ""
+            lines.append(
+                f"| {dataset} | {peer}{failed} | {summary['parameters']} "
+                f"| {pm(summary['nll_mean'], summary['nll_std'])} "
+                f"| {pm(summary['kl_mean'], summary['kl_std'])} | {diff} | {ours_lower} |"
+            )
+    return lines
+
+
 def plot_density_grid(
     rows: Sequence[dict[str, Any]],
     path: str | os.PathLike,
@@ -674,6 +740,9 @@ def _parser(default_out: Path) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hidden-features", type=int, default=64, help="conditioner width of the MoG flows")
     parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument(
+        "--peers", nargs="*", choices=list(PEERS), help="add these peers (none given: all) at the NSF flow's budget"
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     shown = "the current directory" if str(default_out) == "." else str(default_out)
     parser.add_argument("--out", type=Path, default=default_out, help=f"results folder (default: {shown})")
@@ -736,6 +805,14 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
         for seed in seeds
         for base in (*BASES, "mixture")
         if base != "mixture" or transform == transforms[0]  # the mixture alone does not depend on the transform
+    ]
+    peers = [] if args.peers is None else (args.peers or list(PEERS))
+    specs += [
+        dataclasses.replace(spec, base=peer)
+        for spec in specs
+        if spec.base == "mog" and spec.transform == "nsf"
+        for peer in peers
+        if not (peer == "normflows_nsf_gmm" and get_dataset(spec.dataset).features < 2)  # couplings need D ≥ 2
     ]
     began = time.perf_counter()
     rows, cache_dir = run_study(specs, args.out, name, workers=args.workers)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import math
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -245,3 +247,24 @@ def test_paired_differences_between_any_two_models():
     assert default["diff_mean"] == pytest.approx(statistics.fmean(m - g for m, g in zip(nll["mog"], nll["gaussian"])))
     with pytest.raises(ValueError, match="reference must be one of"):
         paired_differences(rows, reference="flow")
+
+
+# ---------------------------------------------------------------------------------------------------- peers
+@pytest.mark.parametrize("peer", list(comparison.PEERS))
+def test_run_one_trains_each_peer_at_the_mog_flows_budget(peer):
+    pytest.importorskip({"zuko_nsf_gmm": "zuko", "normflows_nsf_gmm": "normflows"}.get(peer, "nflows"))
+    if peer == "glasflow_resampled" and importlib.util.find_spec("glasflow") is None:
+        pytest.skip("glasflow is not installed")
+    row = run_one(RunSpec("eight_gaussians", peer, "nsf", num_components=4, **TINY))
+    assert row["error"] == "" and math.isfinite(row["nll"]) and math.isfinite(row["kl"])
+    assert row["parameters"] >= row["mog_parameters"]  # at the default sizes within 5 %: tests/studies/test_peers.py
+
+
+def test_the_report_has_a_peer_section_when_peers_ran():
+    rows = [
+        run_one(RunSpec("eight_gaussians", base, "nsf", seed=seed, num_components=4, **TINY))
+        for seed in (0, 1)
+        for base in ("gaussian", "mog", "nflows_maf_mog")
+    ]
+    text = write_markdown(rows, Path(tempfile.mkdtemp()) / "report.md")
+    assert "## Peers at equal parameter budgets" in text and "| eight_gaussians | nflows_maf_mog |" in text

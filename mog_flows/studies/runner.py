@@ -1,6 +1,11 @@
 """Run many independent experiment specs: one torch thread per run, an optional process pool, and a cache of
 finished rows so that a killed study resumes where it stopped.
 
+Runs go to a local process pool (`workers`) or to any `concurrent.futures.Executor` (`executor`): a
+`dask.distributed` client's `client.get_executor()`, a Slurm executor (`submitit.AutoExecutor`), a Ray pool, a
+`ProcessPoolExecutor`. The row cache stays the source of truth, so a study interrupted on a cluster resumes from the
+rows that reached it.
+
 A study supplies `run(spec) -> row` (a dict of plain values and tensors), `key(spec) -> str` (a file-name-safe
 digest of everything that defines the run, and of the format of its rows) and optionally `cost(spec)` (a rough
 relative cost: with a pool the longest runs start first). `run` and the specs must pickle when `workers > 1`
@@ -9,6 +14,7 @@ relative cost: with a pool the longest runs start first). `run` and the specs mu
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +37,16 @@ def _init_worker() -> None:
 def _run_indexed(item: tuple[int, Any, Callable[[Any], Row]]) -> tuple[int, Row]:
     index, spec, run = item
     return index, run(spec)
+
+
+def _run_on_one_thread(item: tuple[int, Any, Callable[[Any], Row]]) -> tuple[int, Row]:
+    """`_run_indexed` with one torch thread, restored afterwards (an executor's worker may run other work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_indexed(item)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _load_cached(cache_dir: Path | None, key: str) -> Row | None:
@@ -64,6 +80,7 @@ def run_many(
     on_result: Callable[[int, int, Row], None] | None = None,
     cache_dir: str | os.PathLike | None = None,
     cost: Callable[[Any], float] | None = None,
+    executor: concurrent.futures.Executor | None = None,
 ) -> list[Row]:
     """`run(spec)` for every spec; rows come back in the order of `specs`.
 
@@ -73,17 +90,26 @@ def run_many(
     called as each run finishes.
 
     With `cache_dir`, each finished row is saved there at once (`<key(spec)>.pt`), and specs whose row is already
-    there are not run again."""
+    there are not run again.
+
+    `executor`: run the specs there instead (costliest first; `workers` must then be 1): each run gets one torch
+    thread, rows are cached as they complete, and on an error or Ctrl-C the runs not yet started are cancelled."""
     check_positive_int("workers", workers)
+    if executor is not None and not isinstance(executor, concurrent.futures.Executor):
+        raise TypeError(f"executor must be a concurrent.futures.Executor; got {type(executor).__name__}")
+    if executor is not None and workers != 1:
+        raise ValueError(f"pass workers (a local pool) or an executor, not both; got workers={workers}")
     specs = list(specs)
     cache = None if cache_dir is None else Path(cache_dir)
     keys = [key(spec) for spec in specs]
     rows: list[Row | None] = [_load_cached(cache, k) for k in keys]
     pending = [i for i, row in enumerate(rows) if row is None]
-    if workers > 1 and cost is not None:
+    if (workers > 1 or executor is not None) and cost is not None:
         pending.sort(key=lambda i: -cost(specs[i]))
     items = [(i, specs[i], run) for i in pending]
     already = len(specs) - len(items)
+    if executor is not None:
+        return _run_on_executor(executor, items, rows, keys, cache, on_result, already)
     threads = torch.get_num_threads()
     if workers == 1 or len(items) <= 1:
         torch.set_num_threads(1)
@@ -109,4 +135,21 @@ def run_many(
             else:  # an error or Ctrl-C: stop the remaining runs
                 pool.terminate()
             pool.join()
+    return rows  # type: ignore[return-value]
+
+
+def _run_on_executor(executor, items, rows, keys, cache, on_result, already) -> list[Row]:
+    futures = [executor.submit(_run_on_one_thread, item) for item in items]
+    try:
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=already + 1):
+            index, row = future.result()
+            rows[index] = row
+            if cache is not None:
+                _save_cached(cache, keys[index], row)
+            if on_result is not None:
+                on_result(done, len(rows), row)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
     return rows  # type: ignore[return-value]

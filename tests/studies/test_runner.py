@@ -55,3 +55,51 @@ def test_a_row_cached_under_another_key_is_not_reused(tmp_path):
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers"):
         run_many([1], square, key=key, workers=0)
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_any_executor_runs_the_specs_with_the_cache_as_the_source_of_truth(tmp_path, kind):
+    import concurrent.futures
+    import multiprocessing
+
+    threads = torch.get_num_threads()  # threads restore torch's global thread count in any order: put it back
+    if kind == "thread":
+        executor = concurrent.futures.ThreadPoolExecutor(2)
+    else:
+        executor = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    with executor:
+        with pytest.raises(RuntimeError, match="run 2 failed"):
+            run_many([1, 2, 3], failing, key=key, cache_dir=tmp_path, executor=executor)
+        assert "spec-2.pt" not in {p.name for p in tmp_path.glob("*.pt")}
+        done = []
+        rows = run_many(
+            [1, 2, 3],
+            square,
+            key=key,
+            cache_dir=tmp_path,
+            executor=executor,
+            on_result=lambda d, n, row: done.append((d, n)),
+            cost=lambda spec: spec,
+        )
+    assert [row["square"].item() for row in rows] == [1.0, 4.0, 9.0]
+    assert all(n == 3 for _, n in done) and max(d for d, _ in done) == 3
+    torch.set_num_threads(threads)
+    assert all(row["threads"] == 1 for row in rows if "threads" in row)
+
+
+def test_an_executor_and_workers_are_not_both_taken():
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        with pytest.raises(ValueError, match="workers \\(a local pool\\) or an executor, not both"):
+            run_many([1], square, key=key, workers=2, executor=executor)
+    with pytest.raises(TypeError, match="concurrent.futures.Executor; got int"):
+        run_many([1], square, key=key, executor=3)
+
+
+def test_a_dask_local_cluster_runs_the_specs(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1") as cluster:
+        with distributed.Client(cluster) as client:
+            rows = run_many([3, 1], square, key=key, cache_dir=tmp_path, executor=client.get_executor())
+    assert [row["square"].item() for row in rows] == [9.0, 1.0]

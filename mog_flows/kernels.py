@@ -21,6 +21,8 @@ differentiable with respect to every entry of p and q and follow their dtype and
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -34,6 +36,10 @@ __all__ = [
     "self_norm",
     "l2_distance",
     "cauchy_schwarz_divergence",
+    "scalar_cost",
+    "vector_matrix_cost",
+    "schur_trace_cost",
+    "nuclear_norm_cost",
 ]
 
 _KEYS = ("weights", "means", "covariances")
@@ -109,23 +115,32 @@ def _pair(p: dict[str, Tensor], q: dict[str, Tensor]) -> tuple[tuple[Tensor, ...
     return first, second
 
 
-def _log_terms(first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> Tensor:
-    """log w_i + log w'_j + log N(μ_i; μ'_j, Σ_i + Σ'_j), shape (K, K')."""
-    w, mu, cov, diag = first
-    w2, mu2, cov2, diag2 = second
+def _log_gaussian_pairs(first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> Tensor:
+    """log N(μ_i; μ'_j, Σ_i + Σ'_j), shape (K, K')."""
+    _, mu, cov, diag = first
+    _, mu2, cov2, diag2 = second
     d = mu.shape[-1]
     diff = mu[:, None, :] - mu2[None, :, :]  # (K, 1, D) - (1, K', D) -> (K, K', D)
     if diag and diag2:
         s = cov[:, None, :] + cov2[None, :, :]  # (K, K', D) variances of the difference
-        log_density = -0.5 * (d * LOG_2PI + s.log().sum(-1) + (diff**2 / s).sum(-1))
-    else:
-        full, full2 = (torch.diag_embed(c) if is_diag else c for c, is_diag in ((cov, diag), (cov2, diag2)))
-        s = full[:, None, :, :] + full2[None, :, :, :]  # (K, K', D, D)
-        chol = torch.linalg.cholesky(s)
-        white = torch.linalg.solve_triangular(chol, diff.unsqueeze(-1), upper=False).squeeze(-1)  # L⁻¹ (μ - μ')
-        half_log_det = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
-        log_density = -0.5 * (d * LOG_2PI + (white**2).sum(-1)) - half_log_det
-    return w.log()[:, None] + w2.log()[None, :] + log_density  # (K, 1) + (1, K') + (K, K')
+        return -0.5 * (d * LOG_2PI + s.log().sum(-1) + (diff**2 / s).sum(-1))
+    full, full2 = (torch.diag_embed(c) if is_diag else c for c, is_diag in ((cov, diag), (cov2, diag2)))
+    s = full[:, None, :, :] + full2[None, :, :, :]  # (K, K', D, D)
+    chol = torch.linalg.cholesky(s)
+    white = torch.linalg.solve_triangular(chol, diff.unsqueeze(-1), upper=False).squeeze(-1)  # L⁻¹ (μ - μ')
+    half_log_det = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
+    return -0.5 * (d * LOG_2PI + (white**2).sum(-1)) - half_log_det
+
+
+def _log_weights(weights: Tensor) -> Tensor:
+    # a zero weight becomes log(tiny): its terms vanish and its gradient is 0 instead of NaN (0 · ∞)
+    return weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
+
+
+def _log_terms(first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> Tensor:
+    """log w_i + log w'_j + log N(μ_i; μ'_j, Σ_i + Σ'_j), shape (K, K')."""
+    log_w, log_w2 = _log_weights(first[0]), _log_weights(second[0])
+    return log_w[:, None] + log_w2[None, :] + _log_gaussian_pairs(first, second)  # (K, 1) + (1, K') + (K, K')
 
 
 def log_inner_product(p: dict[str, Tensor], q: dict[str, Tensor]) -> Tensor:
@@ -171,3 +186,87 @@ def cauchy_schwarz_divergence(p: dict[str, Tensor], q: dict[str, Tensor]) -> Ten
     log_qq = torch.logsumexp(_log_terms(second, second).reshape(-1), dim=0)
     log_pq = torch.logsumexp(_log_terms(first, second).reshape(-1), dim=0)
     return (0.5 * (log_pp + log_qq) - log_pq).clamp_min(0.0)
+
+
+# ---------------------------------------------------------------------------------------------------- seed 002 costs
+# Reconstructions: seed 002 is only an abstract (the paper is not available here). Its four "kernelized matrix costs"
+# for learning the centres φ_k = N(μ_k, Σ_k) of a mixture against data x_1..x_N are rebuilt below from the Gaussian
+# Gram matrix G_kl = ⟨φ_k, φ_l⟩ = N(μ_k; μ_l, Σ_k + Σ_l) (K, K), the cross-correlation B_kn = ⟨φ_k, ψ_n⟩ =
+# N(μ_k; x_n, Σ_k + s I) (K, N) with the data kernels ψ_n = N(x_n, s I) of bandwidth s = `data_variance`, and their
+# Gram H_nm = N(x_n; x_m, 2 s I) (N, N). The data density is the kernel estimate q = (1/N) Σ_n ψ_n. Each cost lies in
+# [0, 1] and is 0 at its optimum. Without the bandwidth (ψ_n a point mass) centres shrinking onto data points would
+# drive every cost to its optimum; with it they do not (tests/test_kernels.py checks this).
+
+
+def _centres_and_data(params: dict[str, Tensor], data: Tensor, data_variance: float) -> tuple[tuple, tuple]:
+    centres = check_mixture_parameters("params", params)
+    data = torch.as_tensor(data)
+    if data.dim() != 2 or data.shape[-1] != centres[1].shape[-1]:
+        raise ValueError(f"data must have shape (N, {centres[1].shape[-1]}); got {tuple(data.shape)}")
+    check_like("data", data, centres[1], "params")
+    if not data_variance > 0:
+        raise ValueError(f"data_variance must be positive; got {data_variance!r}")
+    n = data.shape[0]
+    kde = (torch.full((n,), 1.0 / n, dtype=data.dtype, device=data.device), data, torch.full_like(data, data_variance))
+    return centres, check_mixture_parameters("data kernels", dict(zip(_KEYS, kde)))
+
+
+def _whitened_cross(centres: tuple, kde: tuple, jitter: float) -> Tensor:
+    """L⁻¹ B with L Lᵀ = G + jitter · mean(diag G) I, shape (K, N)."""
+    gram = _log_gaussian_pairs(centres, centres).exp()
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    chol = torch.linalg.cholesky(gram + jitter * torch.diagonal(gram).mean() * eye)
+    cross = _log_gaussian_pairs(centres, kde).exp()
+    return torch.linalg.solve_triangular(chol, cross, upper=False)
+
+
+def _trace_data_gram(data: Tensor, data_variance: float) -> float:
+    """tr(H) = N ‖ψ_n‖² = N (4π s)^{-D/2}."""
+    return data.shape[0] * (4 * math.pi * data_variance) ** (-data.shape[-1] / 2)
+
+
+def scalar_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float) -> Tensor:
+    """1 - ⟨p, q⟩ / sqrt(⟨p, p⟩ ⟨q, q⟩): the Cauchy–Schwarz ratio of the mixture p and the data's kernel estimate q.
+
+    Uses the weights of `params`; 0 iff p = q. `data`: (N, D). Reconstruction of seed 002's scalar cost.
+    """
+    centres, kde = _centres_and_data(params, data, data_variance)
+    p, q = dict(zip(_KEYS, centres[:3])), dict(zip(_KEYS, kde[:3]))
+    return 1 - torch.exp(-cauchy_schwarz_divergence(p, q))
+
+
+def vector_matrix_cost(
+    params: dict[str, Tensor], data: Tensor, *, data_variance: float, jitter: float = 1e-6
+) -> Tensor:
+    """1 - bᵀ G⁻¹ b / ⟨q, q⟩ with b = B 1/N: the relative squared L2 residual of projecting q onto span{φ_k}.
+
+    bᵀ G⁻¹ b = max_w (2 ⟨Σ w_k φ_k, q⟩ - ‖Σ w_k φ_k‖²), so the weights are implied (optimal) and those of `params`
+    are ignored. Reconstruction of seed 002's vector-matrix cost.
+    """
+    centres, kde = _centres_and_data(params, data, data_variance)
+    projected = _whitened_cross(centres, kde, jitter).mean(-1)  # L⁻¹ b, (K,)
+    norm_q = _log_gaussian_pairs(kde, kde).exp().mean()
+    return 1 - (projected**2).sum() / norm_q
+
+
+def schur_trace_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float, jitter: float = 1e-6) -> Tensor:
+    """tr(H - Bᵀ G⁻¹ B) / tr(H): the trace of the Schur complement of G in the joint Gram [[G, B], [Bᵀ, H]].
+
+    The summed squared residuals of projecting every data kernel ψ_n onto span{φ_k}, relative to Σ ‖ψ_n‖².
+    Weights ignored. Reconstruction of seed 002's matrix-matrix cost.
+    """
+    centres, kde = _centres_and_data(params, data, data_variance)
+    whitened = _whitened_cross(centres, kde, jitter)  # (K, N)
+    return 1 - (whitened**2).sum() / _trace_data_gram(data, data_variance)
+
+
+def nuclear_norm_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float, jitter: float = 1e-6) -> Tensor:
+    """1 - ‖G^{-1/2} B‖_* / sqrt(K tr(H)), the nuclear norm of the whitened cross-correlation (in [0, 1]).
+
+    ‖M‖_* ≤ sqrt(K) ‖M‖_F and ‖M‖_F² = tr(Bᵀ G⁻¹ B) ≤ tr(H). Differentiable through the SVD (unstable where
+    singular values coincide). Weights ignored. Reconstruction of seed 002's SVD cost.
+    """
+    centres, kde = _centres_and_data(params, data, data_variance)
+    whitened = _whitened_cross(centres, kde, jitter)
+    bound = (whitened.shape[0] * _trace_data_gram(data, data_variance)) ** 0.5
+    return 1 - torch.linalg.matrix_norm(whitened, ord="nuc") / bound

@@ -12,7 +12,11 @@ from mog_flows.kernels import (
     inner_product,
     l2_distance,
     log_inner_product,
+    nuclear_norm_cost,
+    scalar_cost,
+    schur_trace_cost,
     self_norm,
+    vector_matrix_cost,
 )
 from mog_flows.labels import align_to_reference, order_by_mean, permute_components
 
@@ -284,3 +288,104 @@ def test_order_by_mean_sorts_per_row():
         torch.testing.assert_close(ordered["means"].sort(dim=-2).values, params["means"].sort(dim=-2).values)
     with pytest.raises(ValueError, match="axis"):
         order_by_mean(params, axis=2)
+
+
+# ------------------------------------------------------------------------------------------ seed 002 kernel costs
+COSTS = [scalar_cost, vector_matrix_cost, schur_trace_cost, nuclear_norm_cost]
+
+
+def two_clusters():
+    g = torch.Generator().manual_seed(0)
+    noise = 0.5 * torch.randn(100, 2, generator=g, dtype=torch.float64)
+    return (
+        noise + torch.tensor([3.0, 3.0], dtype=torch.float64) * torch.tensor([-1.0, 1.0]).repeat_interleave(50)[:, None]
+    )
+
+
+def centres(means, variance):
+    k = means.shape[0]
+    return {"weights": torch.full((k,), 1.0 / k, dtype=means.dtype), "means": means, "covariances": variance}
+
+
+def test_kernel_costs_match_explicit_block_matrices():
+    data, s = two_clusters(), 0.1
+    p = random_mixture(3, 2, covariance="full", seed=18)
+    cov = p["covariances"].numpy()
+    mu, x = p["means"].numpy(), data.numpy()
+    gram = np.array([[multivariate_normal.pdf(mu[k], mu[l], cov[k] + cov[l]) for l in range(3)] for k in range(3)])
+    cross = np.array([multivariate_normal.pdf(x, mu[k], cov[k] + s * np.eye(2)) for k in range(3)])  # (K, N)
+    trace_h = len(x) * multivariate_normal.pdf(x[0], x[0], 2 * s * np.eye(2))
+    schur = 1 - np.trace(cross.T @ np.linalg.solve(gram, cross)) / trace_h
+    assert schur_trace_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(schur, rel=1e-8)
+    b = cross.mean(-1)
+    norm_q = np.mean([multivariate_normal.pdf(x, x[n], 2 * s * np.eye(2)) for n in range(len(x))])
+    vector = 1 - b @ np.linalg.solve(gram, b) / norm_q
+    assert vector_matrix_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(vector, rel=1e-8)
+    singular = np.linalg.svd(np.linalg.solve(np.linalg.cholesky(gram), cross), compute_uv=False)
+    nuclear = 1 - singular.sum() / np.sqrt(3 * trace_h)
+    assert nuclear_norm_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(nuclear, rel=1e-8)
+
+
+def test_vector_matrix_cost_is_the_best_relative_l2_residual():
+    data, s = two_clusters(), 0.1
+    p = centres(
+        torch.tensor([[-3.0, -3.0], [3.0, 3.0]], dtype=torch.float64), torch.full((2, 2), 0.3, dtype=torch.float64)
+    )
+    kde = {
+        "weights": torch.full((100,), 0.01, dtype=torch.float64),
+        "means": data,
+        "covariances": torch.full_like(data, s),
+    }
+    gram = torch.stack(
+        [
+            torch.stack(
+                [
+                    inner_product(
+                        centres(p["means"][[k]], p["covariances"][[k]]), centres(p["means"][[l]], p["covariances"][[l]])
+                    )
+                    for l in range(2)
+                ]
+            )
+            for k in range(2)
+        ]
+    )
+    b = torch.stack([inner_product(centres(p["means"][[k]], p["covariances"][[k]]), kde) for k in range(2)])
+    best = {**p, "weights": torch.linalg.solve(gram, b)}
+    assert (best["weights"] > 0).all()
+    expected = l2_distance(best, kde) / self_norm(kde)
+    assert vector_matrix_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(expected.item(), rel=1e-8)
+    assert scalar_cost(p, data, data_variance=s).item() == pytest.approx(
+        1 - np.exp(-cauchy_schwarz_divergence(p, kde).item()), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("cost", COSTS, ids=lambda f: f.__name__)
+def test_kernel_cost_is_not_optimised_by_centres_on_data_points(cost):
+    data, s = two_clusters(), 0.1
+    dt = torch.float64
+    on_points = [centres(data[[0, 50]].clone(), torch.full((2, 2), v, dtype=dt)) for v in (1e-4, s)]
+    at_clusters = centres(torch.tensor([[-3.0, -3.0], [3.0, 3.0]], dtype=dt), torch.full((2, 2), 0.25, dtype=dt))
+    value = cost(at_clusters, data, data_variance=s).item()
+    assert 0.0 <= value < 1.0
+    for p in on_points:
+        assert cost(p, data, data_variance=s).item() > value + 0.05
+    # and descending from centres on data points moves them off and lowers the cost, with finite gradients
+    means = data[[0, 50]].clone().requires_grad_(True)
+    log_var = torch.full((2, 2), np.log(s), dtype=dt, requires_grad=True)
+    start = cost(centres(means, log_var.exp()), data, data_variance=s).item()
+    optimizer = torch.optim.Adam([means, log_var], lr=0.05)
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = cost(centres(means, log_var.exp()), data, data_variance=s)
+        loss.backward()
+        assert torch.isfinite(means.grad).all() and torch.isfinite(log_var.grad).all()
+        optimizer.step()
+    assert loss.item() < start - 0.05
+
+
+def test_kernel_costs_reject_bad_data():
+    p = random_mixture(2, 2)
+    with pytest.raises(ValueError, match=r"data must have shape \(N, 2\); got \(5, 3\)"):
+        scalar_cost(p, torch.zeros(5, 3, dtype=torch.float64), data_variance=0.1)
+    with pytest.raises(ValueError, match="data_variance must be positive"):
+        schur_trace_cost(p, torch.zeros(5, 2, dtype=torch.float64), data_variance=0.0)

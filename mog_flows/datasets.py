@@ -30,6 +30,8 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -514,7 +516,9 @@ class ShapeMixture(Target):
 
     features = 2
 
-    def __init__(self, weights, components, *, name: str, modes: Tensor | None = None) -> None:
+    def __init__(
+        self, weights: Sequence[float] | Tensor, components: Sequence[Any], *, name: str, modes: Tensor | None = None
+    ) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
         if self.weights.shape != (len(components),) or abs(self.weights.sum().item() - 1) > 1e-9:
             raise ValueError(f"weights must be ({len(components)},) and sum to 1; got {self.weights}")

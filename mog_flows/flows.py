@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Any
 
 import torch
 from nflows.distributions import Distribution, StandardNormal
@@ -218,7 +219,7 @@ def build_flow(
     tail_bound: float = 5.0,
     standardize: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     embedding_net: nn.Module | None = None,
-    **base_kwargs,
+    **base_kwargs: Any,
 ) -> Flow:
     """An nflows `Flow` of `num_layers` transforms over a base distribution.
 

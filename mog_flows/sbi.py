@@ -24,6 +24,7 @@ condition axis behind the sample axis, which scrambles samples across conditions
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -58,16 +59,19 @@ def posterior_estimator(
     z_score_x: bool = True,
     embedding_net: nn.Module | None = None,
     seed: int = 0,
-    **base_kwargs,
+    **base_kwargs: Any,
 ) -> Callable[[Tensor, Tensor], nn.Module]:
     """A density-estimator builder for sbi's `NPE(density_estimator=...)`: a conditional flow q(θ | x) over a
     mixture-of-Gaussians base.
 
     Args:
         num_components: K of the base.
-        transform, num_layers, hidden_features: as in `build_flow`.
-        z_score_theta, z_score_x: z-score θ (a fixed affine first transform; log q stays in θ's units) and x (in
-            front of the embedding net) with the training simulations' mean and standard deviation.
+        transform: as in `build_flow`.
+        num_layers: as in `build_flow`.
+        hidden_features: as in `build_flow`.
+        z_score_theta: z-score θ with the training simulations' mean and standard deviation (a fixed affine first
+            transform; log q stays in θ's units).
+        z_score_x: z-score x the same way (in front of the embedding net).
         embedding_net: a module (N, C) -> (N, E) for the observations, trained with the flow.
         seed: seeds the base's k-means++ initialisation (the networks' initial weights follow torch's global RNG,
             as sbi's own builders do).

@@ -150,6 +150,27 @@ def _estimator(method: str):
     return posterior_nn(model=method.removeprefix("sbi_"))
 
 
+class _NoTracker:
+    """sbi's Tracker protocol with nothing recorded: no TensorBoard logs written into the working directory."""
+
+    log_dir = None
+
+    def log_metric(self, name, value, step=None) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_params(self, params) -> None:
+        pass
+
+    def add_figure(self, name, figure, step=None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def run_spec(spec: SbiSpec) -> dict:
     """Train NPE for `spec` and measure its posterior at x_o."""
     import warnings
@@ -165,7 +186,9 @@ def run_spec(spec: SbiSpec) -> dict:
     x = simulate(spec.task, theta, generator)
     torch.manual_seed(spec.seed)
     began = time.perf_counter()
-    inference = NPE(prior=prior, density_estimator=_estimator(spec.method), show_progress_bars=False)
+    inference = NPE(
+        prior=prior, density_estimator=_estimator(spec.method), show_progress_bars=False, tracker=_NoTracker()
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sbi: "not yet fully converged" at max_epochs (recorded)
         estimator = inference.append_simulations(theta.float(), x.float()).train(max_num_epochs=spec.max_epochs)

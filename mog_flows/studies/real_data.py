@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -75,6 +76,7 @@ __all__ = [
     "heldout_log_likelihood",
     "time_to_quality",
     "run_spec",
+    "read_results",
     "write_markdown",
     "main",
 ]
@@ -384,6 +386,18 @@ QUICK = dict(
 )
 
 
+def read_results(path: str | os.PathLike) -> list[dict]:
+    """The rows `main` wrote to a CSV, as `run_spec` made them: empty cells left out, counts back to ints."""
+    rows = []
+    for row in report.read_csv(path, texts=("dataset", "model")):
+        row = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+        for key in ("fold", "n_test", "best_step", "components"):
+            if key in row:
+                row[key] = int(row[key])
+        rows.append(row)
+    return rows
+
+
 def _by_fold(rows, dataset, model) -> dict[int, float]:
     return {r["fold"]: r["heldout_ll"] for r in rows if (r["dataset"], r["model"]) == (dataset, model)}
 
@@ -542,7 +556,8 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
     command = " ".join(["python experiments/real_data.py", *shown])
     title = "Density estimation on small real data sets" + (" (--quick)" if args.quick else "")
     report.write_csv(rows, args.out / f"{name}.csv", CSV_COLUMNS)
-    text = write_markdown(rows, args.out / f"{name}.md", title=title, command=command)
+    # the report from the rows as the CSV keeps them, so that the committed .md follows from the committed .csv
+    text = write_markdown(read_results(args.out / f"{name}.csv"), args.out / f"{name}.md", title=title, command=command)
     print(text)
     print(f"wrote {args.out / name}.{{md,csv}} in {time.perf_counter() - began:.0f} s")
     return rows

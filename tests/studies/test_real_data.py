@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,14 @@ def test_the_script_is_a_thin_command_line():
         env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert completed.returncode == 0 and "--quick" in completed.stdout
+
+
+def test_the_committed_report_follows_from_its_rows(tmp_path):
+    committed = ROOT / "experiments" / "results" / "real_data.md"
+    if not committed.exists():
+        pytest.skip("no committed real-data results")
+    text = committed.read_text()
+    command = re.search(r"Written by `([^`]+)`", text).group(1)
+    rows = real_data.read_results(committed.with_suffix(".csv"))
+    real_data.write_markdown(rows, tmp_path / "real_data.md", title=text.splitlines()[0][2:], command=command)
+    assert (tmp_path / "real_data.md").read_text() == text

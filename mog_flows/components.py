@@ -77,7 +77,10 @@ def _triu_indices(features: int, device: torch.device) -> tuple[Tensor, Tensor]:
 def unpack_precision_factor(raw: Tensor, features: int) -> Tensor:
     """Packed raw entries (..., D(D+1)/2) -> upper-triangular U (..., D, D) with U_dd = exp(raw_dd)."""
     rows, cols = _triu_indices(features, raw.device)
-    values = torch.where(rows == cols, raw.exp(), raw)
+    diagonal = rows == cols
+    # exp of the diagonal entries only: exp of a large off-diagonal entry would overflow to inf in the branch
+    # torch.where discards, and its backward (0 * inf) would make the whole gradient NaN
+    values = torch.where(diagonal, torch.where(diagonal, raw, torch.zeros_like(raw)).exp(), raw)
     factor = raw.new_zeros(*raw.shape[:-1], features, features)
     factor[..., rows, cols] = values
     return factor

@@ -18,6 +18,7 @@ from mog_flows.components import (
     accumulation_dtype,
     covariance_from_precision_factor,
     precision_factor_from_covariance,
+    unpack_precision_factor,
 )
 from mog_flows.testing import ADVERSARIAL_SETTINGS, MixtureCase, adversarial_case, spread_case
 
@@ -159,3 +160,17 @@ def test_half_precision_factor_gives_its_covariance_in_its_dtype():
     covariance = covariance_from_precision_factor(factor.to(torch.bfloat16))
     assert covariance.dtype == torch.bfloat16
     torch.testing.assert_close(covariance.double(), covariance_from_precision_factor(factor), rtol=0.05, atol=0.05)
+
+
+def test_large_off_diagonal_precision_entries_give_finite_gradients():
+    # EM on a strongly correlated cluster (penguins, K = 6) gave an off-diagonal entry of U above float32's exp
+    # range: exp of the discarded branch was inf and the whole gradient NaN. Packed order: (0,0) (0,1) (0,2)
+    # (1,1) (1,2) (2,2).
+    raw = torch.tensor([[0.1, 120.0, -95.0, 0.2, 3.0, -0.3]], requires_grad=True)
+    factor = unpack_precision_factor(raw, 3)
+    expected = torch.tensor([[0.1, 120.0, -95.0], [0.0, 0.2, 3.0], [0.0, 0.0, -0.3]])
+    expected.diagonal().exp_()
+    torch.testing.assert_close(factor[0], expected)
+    factor.sum().backward()
+    diagonal = torch.tensor([True, False, False, True, False, True])
+    torch.testing.assert_close(raw.grad[0], torch.where(diagonal, raw.detach()[0].exp(), torch.ones(6)))

@@ -379,6 +379,12 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
         cost=lambda spec: spec.steps,
     )
     command = "python experiments/maxent_heldout.py" + (" --quick" if args.quick else "")
+    if args.problems:
+        command += " --problems " + " ".join(args.problems)
+    if not args.quick and args.seeds != [0, 1, 2]:
+        command += " --seeds " + " ".join(map(str, args.seeds))
+    if args.steps is not None:
+        command += f" --steps {args.steps}"
     report.write_csv(rows, args.out / f"{name}.csv", CSV_COLUMNS)
     text = write_markdown(
         rows, args.out / f"{name}.md", title="fit_maxent defaults on the held-out suite", command=command, steps=steps

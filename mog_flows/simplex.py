@@ -32,6 +32,19 @@ def _log_simplex(x: Tensor) -> Tensor:
     return torch.log_softmax(torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], dim=-1), dim=-1)
 
 
+def _inside(y: Tensor) -> Tensor:
+    """y (N, D) moved to the nearest points that stay strictly inside the simplex in y's dtype: coordinates that
+    underflowed to 0 become the smallest normal number, and rows whose sum rounded up to 1 (the last coordinate
+    below the dtype's resolution at 1: x_i > 17 in float32) are scaled to sum to 1 - eps. Such points are not
+    representable otherwise (1 - Σ y would be 0 and a statistic's log(1 - Σ y) -inf); the change is below the
+    rounding of y itself, and the log-determinant, computed in log space, is exact. Other rows are unchanged."""
+    info = torch.finfo(y.dtype)
+    y = y.clamp_min(info.tiny)
+    total = y.sum(-1, keepdim=True)
+    limit = 1 - info.eps
+    return torch.where(total > limit, y * (limit / total), y)
+
+
 class AdditiveLogistic(Transform):
     """The additive logistic bijection ℝᴰ → Δᴰ, x ↦ y = softmax(x, 0)[:D] (forward), and its inverse, the additive
     log-ratio y ↦ log(y / (1 - Σ y)).
@@ -55,7 +68,7 @@ class AdditiveLogistic(Transform):
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, "inputs")
         log_y = _log_simplex(inputs)  # (N, D + 1)
-        return log_y[:, :-1].exp(), log_y.sum(-1)
+        return _inside(log_y[:, :-1].exp()), log_y.sum(-1)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs, "inputs")

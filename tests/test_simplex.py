@@ -116,3 +116,19 @@ def test_simplex_flow_refuses_what_it_cannot_wrap():
 
     with pytest.raises(ValueError, match="number of features"):
         simplex_flow(Flow(CompositeTransform([ReversePermutation(2)]), Shapeless()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_saturated_logistic_outputs_stay_strictly_inside_the_simplex(dtype):
+    # x_1 = 30 (float32: y_1 rounds to 1, so 1 - y_1 = 0), x = -200 (y underflows to 0), and benign rows
+    from mog_flows.simplex import AdditiveLogistic
+
+    x = torch.tensor([[30.0, 0.0], [-200.0, 1.0], [800.0, -800.0], [0.3, -1.2]], dtype=dtype)
+    y, log_det = AdditiveLogistic(2)(x)
+    last = 1 - y.sum(-1)
+    assert (y > 0).all() and (last > 0).all() and torch.isfinite(torch.log(last)).all()
+    exact = torch.log_softmax(torch.cat([x.double(), torch.zeros(4, 1, dtype=DOUBLE)], -1), -1)
+    torch.testing.assert_close(log_det.double(), exact.sum(-1))  # the log-determinant is exact
+    plain = torch.log_softmax(torch.cat([x, torch.zeros(4, 1, dtype=dtype)], -1), -1)[:, :2].exp()
+    assert torch.equal(y[3], plain[3])  # a benign row is untouched
+    torch.testing.assert_close(y.double(), exact[:, :2].exp(), rtol=0, atol=2 * torch.finfo(dtype).eps)

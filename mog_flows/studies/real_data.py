@@ -37,6 +37,12 @@ Models (`MODELS`):
 - `nsf_mog_prescaled` (galaxies only, the units check): the `nsf_mog` flow built without `standardize` and trained
   on the data standardised by hand with the same mean and std and the same seed; its held-out log-likelihood is
   brought back to raw units by hand. It should equal `nsf_mog`'s to within 0.01 nats per point.
+- The rest of the units check (galaxies only, `CHECKS`): `nsf_mog_prescaled_perturbed` is `nsf_mog_prescaled` on
+  standardised data multiplied by 1 + 2^-20 (a change of 1e-6, fifty times below the rounding of the data, which
+  are whole km/s around 2e4): how far a change nobody would call a change moves the same training. The `_f64`
+  variants of all three train in float64 (the flow built with float64 as torch's default dtype, so the
+  standardisation's own constants are float64 too): the two set-ups are then equal up to rounding in the
+  16th digit.
 
 Time to quality: for fit-based models, seconds until the validation NLL first comes within 0.02 nats of the value
 the model ends with (its best for restore_best runs, its last for `nsf_mog_last`), counted as the time `fit`
@@ -86,6 +92,16 @@ SHAPES = {"faithful": (272, 2), "galaxies": (82, 1), "penguins": (342, 4)}
 MODELS = ("mixture", "nsf_mog", "nsf_mog_last", "nsf_mog_k", "nsf_gauss", "sk_gmm", "sk_kde")
 TRAINED = ("sk_gmm", "sk_kde", "mixture", "nsf_mog", "nsf_gauss", "nsf_mog_k")  # nsf_mog_last comes with nsf_mog
 CHECK_MODEL = "nsf_mog_prescaled"
+PERTURBATION = 1 + 2**-20
+# the units check's runs: model -> (dtype, None for build_flow(standardize=) on raw data, else the factor the
+# hand-standardised data are multiplied by)
+CHECKS = {
+    CHECK_MODEL: (torch.float32, 1.0),
+    "nsf_mog_prescaled_perturbed": (torch.float32, PERTURBATION),
+    "nsf_mog_f64": (torch.float64, None),
+    "nsf_mog_prescaled_f64": (torch.float64, 1.0),
+    "nsf_mog_prescaled_perturbed_f64": (torch.float64, PERTURBATION),
+}
 PENGUIN_COLUMNS = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
 OURS = ("mixture", "nsf_mog", "nsf_mog_k")
 QUALITY_NATS = 0.02
@@ -206,10 +222,10 @@ def _fit(model, fit_z, val_z, steps, spec, **kwargs):
     return history, total, total - history.wall_time
 
 
-def _log_prob(model):
+def _log_prob(model, dtype=torch.float32):
     def log_prob(x):
         with torch.no_grad():
-            return model.log_prob(x.float())
+            return model.log_prob(x.to(dtype))
 
     return log_prob
 
@@ -269,12 +285,22 @@ def _run_flow(spec, fit_x, val_x, test_x, mean, std) -> dict | list[dict]:
 
     D = fit_x.shape[1]
     base = "gaussian" if spec.model == "nsf_gauss" else "mog"
-    if spec.model == CHECK_MODEL:  # standardised by hand, the flow sees z; log-likelihoods brought back by hand
-        flow = _build(spec, D, base, None)
-        history, total, setup = _fit(
-            flow, ((fit_x - mean) / std).float(), ((val_x - mean) / std).float(), spec.steps, spec
-        )
-        log_lik = heldout_log_likelihood(_log_prob(flow), test_x, mean, std)
+    if spec.model in CHECKS:
+        dtype, factor = CHECKS[spec.model]
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            if factor is None:  # build_flow(standardize=) on raw data, as nsf_mog
+                flow = _build(spec, D, base, torch.cat([fit_x, val_x]).to(dtype))
+                data, scale = (fit_x.to(dtype), val_x.to(dtype)), (torch.zeros_like(mean), torch.ones_like(std))
+            else:  # standardised by hand, the flow sees z; log-likelihoods brought back by hand
+                flow = _build(spec, D, base, None)
+                data = tuple(((part - mean) / std * factor).to(dtype) for part in (fit_x, val_x))
+                scale = (mean, std / factor)
+        finally:
+            torch.set_default_dtype(default)
+        history, total, setup = _fit(flow, *data, spec.steps, spec)
+        log_lik = heldout_log_likelihood(_log_prob(flow, dtype), test_x, *scale)
         return {
             "heldout_ll": log_lik,
             "best_step": history.best_step,
@@ -348,12 +374,12 @@ def run_spec(spec: RealDataSpec) -> dict:
     mean, std = standardization(torch.cat([fit_x, val_x]))
     if spec.model == "mixture":
         result = _run_mixture(spec, fit_x, val_x, test_x, mean, std)
-    elif spec.model in ("nsf_mog", "nsf_mog_k", "nsf_gauss", CHECK_MODEL):
+    elif spec.model in ("nsf_mog", "nsf_mog_k", "nsf_gauss", *CHECKS):
         result = _run_flow(spec, fit_x, val_x, test_x, mean, std)
     elif spec.model in ("sk_gmm", "sk_kde"):
         result = _run_sklearn(spec, fit_x, val_x, test_x, mean, std)
     else:
-        raise ValueError(f"model must be one of {MODELS + (CHECK_MODEL,)}; got {spec.model!r}")
+        raise ValueError(f"model must be one of {MODELS + tuple(CHECKS)}; got {spec.model!r}")
     common = {"dataset": spec.dataset, "model": spec.model, "fold": spec.fold, "n_test": test_x.shape[0]}
     results = result if isinstance(result, list) else [result]
     return {"rows": [{**common, **r} for r in results]}
@@ -427,7 +453,7 @@ def write_markdown(rows: list[dict], path: Path, *, title: str, command: str) ->
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     verdicts = []
     for dataset in datasets:
-        for model in MODELS + (CHECK_MODEL,):
+        for model in MODELS + tuple(CHECKS):
             chosen = sorted(
                 (r for r in rows if (r["dataset"], r["model"]) == (dataset, model)), key=lambda r: r["fold"]
             )
@@ -469,23 +495,48 @@ def write_markdown(rows: list[dict], path: Path, *, title: str, command: str) ->
         "",
         *verdicts,
     ]
-    ours_std = _by_fold(rows, "galaxies", "nsf_mog")
-    ours_raw = _by_fold(rows, "galaxies", CHECK_MODEL)
-    common = sorted(ours_std.keys() & ours_raw.keys())
-    if common:
-        gaps = [ours_std[f] - ours_raw[f] for f in common]
-        worst = max(abs(g) for g in gaps)
-        lines += [
-            "",
-            "Units check (galaxies, raw km/s): nsf_mog trained on raw units with `build_flow(standardize=train)` "
-            "against the same flow (same seed) trained on data standardised by hand, held-out log-likelihood per "
-            f"point in raw units: {cell(ours_std[f] for f in common)} vs {cell(ours_raw[f] for f in common)}; "
-            f"difference per fold {' '.join(f'{g:+.2g}' for g in gaps)}, largest |difference| {worst:.2g} nats "
-            f"per point ({'within' if worst <= 0.01 else '**not** within'} the 0.01 target).",
-        ]
+    lines += _units_check(rows, cell)
     text = "\n".join(lines) + "\n"
     path.write_text(text, encoding="utf-8")
     return text
+
+
+def _units_check(rows, cell) -> list[str]:
+    """The galaxies units check's lines: standardize against hand-scaling, per fold, in float32 and float64, beside
+    what a 1e-6 change of the hand-scaled data does to the same run."""
+    runs = {m: _by_fold(rows, "galaxies", m) for m in ("nsf_mog", *CHECKS)}
+    lines = []
+    for label, std_model, hand, perturbed in (
+        ("float32", "nsf_mog", CHECK_MODEL, "nsf_mog_prescaled_perturbed"),
+        ("float64", "nsf_mog_f64", "nsf_mog_prescaled_f64", "nsf_mog_prescaled_perturbed_f64"),
+    ):
+        common = sorted(runs[std_model].keys() & runs[hand].keys())
+        if not common:
+            continue
+        gaps = [runs[std_model][f] - runs[hand][f] for f in common]
+        worst = max(abs(g) for g in gaps)
+        text = (
+            f"- {label}: `build_flow(standardize=train)` on raw km/s {cell(runs[std_model][f] for f in common)} vs "
+            f"the same flow (same seed) on data standardised by hand {cell(runs[hand][f] for f in common)}; "
+            f"difference per fold {' '.join(f'{g:+.2g}' for g in gaps)}, largest |difference| {worst:.2g} nats per "
+            f"point ({'within' if worst <= 0.01 else '**not** within'} the 0.01 target)."
+        )
+        shaken = sorted(runs[perturbed].keys() & runs[hand].keys())
+        if shaken:
+            moves = [runs[perturbed][f] - runs[hand][f] for f in shaken]
+            text += (
+                f" The hand-scaled data times 1 + 2^-20, same seed: difference per fold "
+                f"{' '.join(f'{g:+.2g}' for g in moves)}, largest |difference| {max(abs(g) for g in moves):.2g}."
+            )
+        lines.append(text)
+    if not lines:
+        return []
+    return [
+        "",
+        "Units check (galaxies, held-out log-likelihood per point in raw units, restore_best at 2000 steps):",
+        "",
+        *lines,
+    ]
 
 
 def _parser(default_out: Path) -> argparse.ArgumentParser:
@@ -522,7 +573,7 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
         RealDataSpec(dataset, model, fold, **preset)
         for dataset in datasets
         for fold in range(num_folds)
-        for model in core + ([CHECK_MODEL] if dataset == "galaxies" and "nsf_mog" in models else [])
+        for model in core + (list(CHECKS) if dataset == "galaxies" and "nsf_mog" in models else [])
     ]
     if "nsf_mog_k" in models:  # last: a run cut short has the rest (rerun without it to report from the cache)
         specs += [RealDataSpec(d, "nsf_mog_k", fold, **preset) for d in datasets for fold in range(num_folds)]

@@ -30,27 +30,37 @@ no gradient to steer the flow with: `fit_maxent` refuses it with a ValueError ra
 The standardised problem is solved by minimising, for fixed multipliers λ (m,) and penalty c > 0, the augmented
 Lagrangian
 
-    L(q; λ, c) = -H(q) + λᵀR(q) + (c/2) ‖R(q)‖²
+    L(q; λ, c) = -H(q) + λᵀR(q) + (c/2) ‖W R(q)‖²,     W = Cov_q(R)^-1/2  (`metric="whiten"`, the default)
+
+with W re-estimated after every epoch from that epoch's test samples (W = I with `metric="scale"`). Why: with exact
+inner solves, E_q[T] responds to λ through Cov_q(T) (the dual's Hessian), so λ ← λ + c WᵀW R̂ is a damped Newton step
+on the dual that contracts the error by 1/(1 + c) per epoch whatever the correlations of the constraints (x² and x⁴
+are nearly collinear) and however far the initial flow, which set s, is from the answer. With per-constraint scaling
+alone, the contraction is c·F/(1 + c·F) for the standardised Fisher matrix F, tiny along nearly redundant directions
+or when the initial flow is much broader than the answer, and the development sweep's runs stalled there.
 
 for `epoch_steps` Adam steps (one augmented-Lagrangian epoch), then updating λ and c. Each step draws x_1..x_B and
 their log-densities from `flow.sample_and_log_prob(B)` (a `MixtureOfGaussians` base's `estimator` decides how a
 relaxed sample is scored) and descends the minibatch objective
 
-    -Ĥ + λᵀR̂ + (c/2) R̂₁ᵀR̂₂,      Ĥ = -(1/B) Σ_b log q(x_b),   R̂ = (1/B) Σ_b (T(x_b) - t) / s,
+    -Ĥ + λᵀR̂ + (c/2) R̂₁ᵀWᵀW R̂₂,      Ĥ = -(1/B) Σ_b log q(x_b),   R̂ = (1/B) Σ_b (T(x_b) - t) / s,
 
 R̂₁, R̂₂ the same means over the first and the second half of the batch. The halves are independent, so
 E[R̂₁ᵀR̂₂] = ‖R‖² and the term's gradient is unbiased for that of (c/2)‖R‖² (R̂ᵀR̂ is biased by tr Cov T / B).
 After each epoch, from E fresh test batches of B samples of the training-time sampler (`augmented_lagrangian_update`):
 
-    λ ← λ + c R̂        R̂ pooled over the E·B samples;
+    λ ← λ + c WᵀW R̂    R̂ pooled over the E·B samples;
     c ← min(β c, c_max) when ‖R‖ did not fall below γ times its value after the previous epoch (the first epoch
                        compares with the initial model): a one-sided Welch test at level α rejects
-                       E[s] ≤ γ² E[s_prev], s_e = R̂_{e,1}ᵀR̂_{e,2} the unbiased split-half estimate of ‖R‖² from
-                       test batch e (the authors test E‖R̂_e‖ ≤ γ E‖R̂_e,prev‖, `penalty_test="norm"`); c_max
-                       (`max_penalty`) is ∞ unless given;
+                       E[s] ≤ γ² E[s_prev], s_e = (W R̂_{e,1})ᵀ(W R̂_{e,2}) the unbiased split-half estimate of
+                       ‖W R‖² from test batch e, both epochs' s in the metric W of the epoch being tested (the
+                       authors test E‖R̂_e‖ ≤ γ E‖R̂_e,prev‖, `penalty_test="norm"`); c_max = `max_penalty`;
     stop               when each constraint passes its two-sided t-test of E[T_j] = t_j at level α/m (Bonferroni),
-                       with τ at the end of its annealing schedule. A run that ends without passing it issues a
-                       `MaxEntNotConvergedWarning` (a UserWarning) naming the constraints outside their tolerance.
+                       log q is affine in T on the epoch's exact samples (half the residual variance of log q
+                       regressed on T, about KL(q ‖ p) to second order, below `stationarity_tolerance`: constraints
+                       met by a flow that has not yet maximised its entropy no longer stop the run), and τ is at the
+                       end of its annealing schedule. A run that ends without passing it issues a
+                       `MaxEntNotConvergedWarning` (a UserWarning) naming what failed.
 
 The delivered model is the flow over the *exact* base: `flow.sample`, `flow.log_prob`. The result's entropy and
 violation are measured on fresh exact samples with exact log-densities, and each epoch's history keeps the
@@ -122,14 +132,19 @@ __all__ = [
     "augmented_lagrangian_update",
     "penalty_statistics",
     "PENALTY_TESTS",
+    "METRICS",
     "FINAL_TEMPERATURE",
     "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "mog_flows.maxent/2"
-_OLD_FORMATS = ("mog_flows.maxent/1",)  # formats this version refuses to resume, with a reason
+CHECKPOINT_FORMAT = "mog_flows.maxent/3"
+_OLD_FORMATS = ("mog_flows.maxent/1", "mog_flows.maxent/2")  # formats this version refuses to resume, with a reason
 PENALTY_TESTS = ("split", "norm")
+METRICS = ("whiten", "scale")
+_EIGENVALUE_FLOOR = 1e-3  # relative floor on the eigenvalues of Cov R when whitening (nearly redundant constraints)
 FINAL_TEMPERATURE = 0.05  # where τ of a Gumbel-estimated mixture base is annealed to by default
+FINAL_LR_RATIO = 30.0  # final_lr="auto": lr / 30 at the last step (cosine decay)
+PENALTY_CAP_RATIO = 16.0  # max_penalty="auto": 16 times the initial c
 _PROBE_ROWS = 4
 _EVAL_CHUNK = 4096  # rows per pass in the final exact evaluation
 
@@ -261,6 +276,7 @@ def augmented_lagrangian_update(
     alpha: float = 0.05,
     penalty_test: str = "split",
     max_penalty: float | None = None,
+    metric: Tensor | None = None,
 ) -> LagrangianUpdate:
     """One update of the augmented-Lagrangian parameters after an epoch (MEFN Algorithm 1, lines 7-10).
 
@@ -278,6 +294,10 @@ def augmented_lagrangian_update(
         alpha: level of the Welch test and (Bonferroni-corrected, α/m) of the stopping test.
         penalty_test: "split": s_e = R̂_{e,1}ᵀR̂_{e,2} over the two halves of test batch e, unbiased for ‖R‖², and
             the test of E[s] ≤ γ² E[s_prev]; "norm" (the authors'): s_e = ‖R̂_e‖ and the test of E[s] ≤ γ E[s_prev].
+        metric: None (the identity), or an invertible W (m, m): the penalty is (c/2) ‖W R‖², so the penalty test
+            works on W R̂ and the update is λ ← λ + c WᵀW R̂ (the method of multipliers for that penalty). With W
+            the inverse Cholesky factor of Cov T, λ's update is a damped Newton step on the dual (its Hessian is
+            Cov T). The stopping test always tests the m constraints themselves, the columns of `residuals`.
 
     The authors' code (`MEFN_dirichlet_theano.ipynb`, the Lagrangian update after each epoch) runs
     `t,p = scipy.stats.ttest_ind(norms_new, gamma*norms, equal_var = False)` over 1000 norms of R̂ from batches of
@@ -307,14 +327,21 @@ def augmented_lagrangian_update(
         raise ValueError(f"max_penalty must be None or ≥ the current penalty {penalty}; got {max_penalty!r}")
     residuals = residuals.detach().to(torch.float64)
     num_constraints = residuals.shape[-1]
-    statistics = penalty_statistics(residuals, penalty_test)
+    if metric is not None and metric.shape != (num_constraints, num_constraints):
+        raise ValueError(
+            f"metric must have shape ({num_constraints}, {num_constraints}) to match residuals; "
+            f"got {tuple(metric.shape)}"
+        )
+    weighted = residuals if metric is None else residuals @ metric.detach().to(residuals).T  # W R per row
+    statistics = penalty_statistics(weighted, penalty_test)
     violation = residuals.mean((0, 1))
     factor = gamma**2 if penalty_test == "split" else gamma
     welch_p = _welch_greater(statistics, factor * previous_statistics.detach().to(torch.float64))
     increased = welch_p < alpha
     pooled = residuals.flatten(0, 1)  # (E·B, m)
     constraint_p = _mean_is_zero(pooled)
-    new_multipliers = multipliers + (penalty * violation).to(multipliers)
+    step = violation if metric is None else metric.detach().to(violation).T @ (weighted.mean((0, 1)))
+    new_multipliers = multipliers + (penalty * step).to(multipliers)
     return LagrangianUpdate(
         multipliers=new_multipliers,
         penalty=min(penalty * beta, math.inf if max_penalty is None else max_penalty) if increased else penalty,
@@ -348,6 +375,8 @@ class MaxEntHistory:
             p-values; constraint_tolerance: the m half-widths of the test's acceptance region (a constraint passes
             when |R̂_j| is below it: the t quantile at α/(2m) times R̂_j's standard error).
         temperature: τ of the mixture base at the end of the epoch (nan without one).
+        stationarity: half the residual variance of log q regressed on the standardised T over the epoch's exact
+            samples (the stopping test's third condition; about KL(q ‖ p) to second order, 0 at the answer).
         wall_time: seconds spent in `fit_maxent`, summed over resumed calls.
     """
 
@@ -364,6 +393,7 @@ class MaxEntHistory:
     constraint_violation: list[list[float]] = field(default_factory=list)
     constraint_p_values: list[list[float]] = field(default_factory=list)
     constraint_tolerance: list[list[float]] = field(default_factory=list)
+    stationarity: list[float] = field(default_factory=list)
     wall_time: float = 0.0
 
     _FLOATS = (
@@ -375,6 +405,7 @@ class MaxEntHistory:
         "welch_p_value",
         "constraint_p_value",
         "temperature",
+        "stationarity",
     )
     _VECTORS = ("multipliers", "constraint_violation", "constraint_p_values", "constraint_tolerance")  # (epochs, m)
 
@@ -417,6 +448,9 @@ class MaxEntResult:
         constraint_p_values: the p-values (m,) of the last epoch's stopping test (a constraint passes when its p is
             above α/m); its standardised violations and tolerances are in `history.constraint_violation[-1]` and
             `history.constraint_tolerance[-1]`.
+        stationarity: half the residual variance of log q(x) regressed on T(x) over the final exact samples, in nats:
+            0 when log q is affine in T, as at the answer; to second order a lower bound on KL(q ‖ p) for the
+            exponential-family member p nearest q (and, with the constraints met, on H(p) - H(q)).
     """
 
     entropy: float
@@ -431,6 +465,7 @@ class MaxEntResult:
     scale: Tensor
     standardized_violation: Tensor
     constraint_p_values: Tensor
+    stationarity: float
 
 
 class MaxEntNotConvergedWarning(UserWarning):
@@ -449,12 +484,12 @@ class MaxEntSettings:
     batch_size: int = 512
     seed: int = 0
     epoch_steps: int = 500
-    lr: float = 1e-3
-    final_lr: float | None = None
+    lr: float = 3e-3
+    final_lr: float | None = 1e-4
     penalty: float = 1.0
-    max_penalty: float | None = None
-    gamma: float = 0.25
-    beta: float = 4.0
+    max_penalty: float | None = 16.0
+    gamma: float = 0.5
+    beta: float = 2.0
     alpha: float = 0.05
     penalty_test: str = "split"
     test_batches: int = 32
@@ -462,6 +497,8 @@ class MaxEntSettings:
     temperature_schedule: tuple[float, float] | None = None
     max_grad_norm: float | None = 5.0
     stop_early: bool = True
+    metric: str = "whiten"
+    stationarity_tolerance: float | None = 0.01
 
     def __post_init__(self) -> None:
         for name in ("steps", "epoch_steps", "test_batches", "eval_samples", "batch_size"):
@@ -490,6 +527,12 @@ class MaxEntSettings:
                 )
             object.__setattr__(self, "max_penalty", float(max_penalty))
         check_choice("penalty_test", self.penalty_test, PENALTY_TESTS)
+        check_choice("metric", self.metric, METRICS)
+        object.__setattr__(
+            self,
+            "stationarity_tolerance",
+            check_optional_positive_number("stationarity_tolerance", self.stationarity_tolerance),
+        )
         object.__setattr__(self, "max_grad_norm", check_optional_positive_number("max_grad_norm", self.max_grad_norm))
         check_bool("stop_early", self.stop_early)
         if self.temperature_schedule is not None:
@@ -514,12 +557,12 @@ def fit_maxent(
     seed: int = 0,
     progress: bool = True,
     epoch_steps: int = 500,
-    lr: float = 1e-3,
-    final_lr: float | None = None,
+    lr: float = 3e-3,
+    final_lr: float | str | None = "auto",
     penalty: float = 1.0,
-    max_penalty: float | None = None,
-    gamma: float = 0.25,
-    beta: float = 4.0,
+    max_penalty: float | str | None = "auto",
+    gamma: float = 0.5,
+    beta: float = 2.0,
     alpha: float = 0.05,
     penalty_test: str = "split",
     test_batches: int = 32,
@@ -528,14 +571,21 @@ def fit_maxent(
     max_grad_norm: float | None = 5.0,
     checkpoint_dir: str | os.PathLike | None = None,
     stop_early: bool = True,
+    metric: str = "whiten",
+    stationarity_tolerance: float | None = 0.01,
+    estimator: str | None = "auto",
 ) -> MaxEntResult:
     """Train `flow` in place to maximise its entropy subject to E[statistic(x)] = target; returns a `MaxEntResult`.
 
     The constraints may be on any scale: each is divided by its statistic's standard deviation under the initial
     flow, and the run solves that standardised problem (module docstring), so `penalty`, `max_penalty` and the
     history's violation norms are in standardised units, while `result.violation` is in the caller's. A run that ends
-    without passing the stopping test issues a `MaxEntNotConvergedWarning` naming the constraints outside their
-    tolerance, with numbers.
+    without passing the stopping test issues a `MaxEntNotConvergedWarning` naming what failed, with numbers.
+
+    The defaults are the recommended settings: they were chosen on a development suite (`studies.maxent_tuning`:
+    Dirichlet(1, 2, 3) and the bimodal E[x²], E[x⁴] family, `python experiments/maxent_tuning.py`) and validated on
+    held-out problems that the choice never saw (`python experiments/maxent_heldout.py`); docs/studies/maxent.md
+    quotes both tables.
 
     Args:
         flow: an unconditional nflows `Flow` (any from `build_flow`, any base and estimator) or `Distribution`
@@ -548,15 +598,16 @@ def fit_maxent(
         progress: show a tqdm bar (also hidden when stderr is not a terminal).
         epoch_steps: SGD steps per augmented-Lagrangian epoch (the authors' `max_iter`, 3000).
         lr: Adam's learning rate (the first step's, with `final_lr`).
-        final_lr: None: a constant `lr`; a number in (0, lr]: cosine decay from `lr` at the first step to `final_lr`
-            at the last, so that the last epochs settle the flow at the current multipliers instead of leaving it
-            where the optimizer's noise put it (a departure from the authors' constant rate).
+        final_lr: "auto" (lr / 30), None (a constant `lr`) or a number in (0, lr]: cosine decay from `lr` at the first
+            step to `final_lr` at the last, so that the last epochs settle the flow at the current multipliers
+            instead of leaving it where the optimizer's noise put it (a departure from the authors' constant rate).
         penalty: the initial c of the standardised problem (the authors use 0.05 with 3000-step epochs on their
             raw constraints; 1 suits shorter epochs).
-        max_penalty: None (no cap, as in the paper), or the largest c the schedule may reach (≥ penalty); long runs
-            need one (see `augmented_lagrangian_update`).
-        gamma: the schedule's γ (see `augmented_lagrangian_update`).
-        beta: the schedule's β.
+        max_penalty: "auto" (16 · penalty), None (no cap, as in the paper), or the largest c the schedule may reach
+            (≥ penalty); long runs need one (see `augmented_lagrangian_update`).
+        gamma: the schedule's γ (see `augmented_lagrangian_update`; the paper's 0.25 asks ‖R‖ to fall fourfold in
+            every epoch, which a stochastic inner solve rarely does, so c grew fourfold nearly every epoch).
+        beta: the schedule's β (the paper's 4).
         alpha: the test level α.
         penalty_test: the statistic of the test that decides c ("split" or the authors' "norm").
         test_batches: E ≥ 2 batches of B fresh samples after each epoch, for the λ update and the two tests (the
@@ -569,6 +620,17 @@ def fit_maxent(
         max_grad_norm: clip the gradient norm (None: no clipping).
         stop_early: stop after an epoch that passes the stopping test (False: always take all `steps`, e.g. to
             compare runs at equal steps; the test is still recorded in `result.converged` and the history).
+        metric: the norm of the penalty and of λ's update. "whiten": ‖W R‖ with W = Cov(R)^-1/2 re-estimated from
+            every epoch's test batches (eigenvalues floored at 1e-3 of the largest), so that λ's update is a damped
+            Newton step on the dual whatever the constraints' correlations and however far the initial flow is
+            from the answer; "scale": ‖R‖ of the per-constraint standardised residuals, fixed for the run.
+        estimator: "auto": a diagonal `MixtureOfGaussians` base whose estimator is "exact" trains with "pathwise"
+            (unbiased gradients for its weights too; "exact" misses how the component choice depends on them) and
+            gets its own estimator back afterwards; other bases train with their own estimator. None: every base
+            trains with its own estimator.
+        stationarity_tolerance: the stopping test also asks that log q be an affine function of T on the test
+            samples, as at the answer (q ∝ exp(-λᵀT)): half the residual variance of log q regressed on T (about
+            KL(q ‖ p) to second order) must be below it, in nats. None: constraints only.
         checkpoint_dir: where `config.json` and `latest.pt` go: a str or os.PathLike naming a directory that exists
             or can be created, checked by writing a file into it before any work ("" is refused: pass "." for the
             current directory). A directory holding `latest.pt` of a run with the same arguments is resumed from
@@ -599,24 +661,70 @@ def fit_maxent(
     if not parameters:
         raise ValueError("flow has no trainable parameters")
     mixtures = [module for module in flow.modules() if isinstance(module, MixtureOfGaussians)]
+    if estimator not in ("auto", None):
+        raise ValueError(f'estimator must be "auto" or None; got {estimator!r}')
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and final_lr == "auto":
+        final_lr = lr / FINAL_LR_RATIO
+    if isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and max_penalty == "auto":
+        max_penalty = PENALTY_CAP_RATIO * penalty
+    for name, value in (("final_lr", final_lr), ("max_penalty", max_penalty)):
+        if isinstance(value, str):
+            raise ValueError(f'{name} must be "auto", None or a number; got {value!r}')
+    switched = _training_estimators(mixtures) if estimator == "auto" else []
+    try:
+        return _fit_maxent(
+            flow,
+            statistic,
+            target,
+            parameters,
+            mixtures,
+            progress,
+            checkpoint_dir,
+            dict(
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                epoch_steps=epoch_steps,
+                lr=lr,
+                final_lr=final_lr,
+                penalty=penalty,
+                max_penalty=max_penalty,
+                gamma=gamma,
+                beta=beta,
+                alpha=alpha,
+                penalty_test=penalty_test,
+                test_batches=test_batches,
+                eval_samples=eval_samples,
+                temperature_schedule=temperature_schedule,
+                max_grad_norm=max_grad_norm,
+                stop_early=stop_early,
+                metric=metric,
+                stationarity_tolerance=stationarity_tolerance,
+            ),
+        )
+    finally:
+        for mixture, original in switched:
+            mixture.estimator = original
+
+
+def _training_estimators(mixtures: list[MixtureOfGaussians]) -> list[tuple[MixtureOfGaussians, str]]:
+    """estimator="auto": a diagonal mixture base whose estimator is "exact" (its gradient misses how the component
+    choice depends on the weights, so the weights' gradient is biased) trains with "pathwise" (exact samples,
+    unbiased gradients to every parameter); the development sweep (`studies.maxent_tuning`) chose it. Returns what
+    to restore afterwards."""
+    switched = []
+    for mixture in mixtures:
+        if mixture.estimator == "exact" and mixture.covariance == "diagonal":
+            switched.append((mixture, mixture.estimator))
+            mixture.estimator = "pathwise"
+    return switched
+
+
+def _fit_maxent(flow, statistic, target, parameters, mixtures, progress, checkpoint_dir, arguments) -> MaxEntResult:
+    temperature_schedule = arguments.pop("temperature_schedule")
     settings = MaxEntSettings(
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        epoch_steps=epoch_steps,
-        lr=lr,
-        final_lr=final_lr,
-        penalty=penalty,
-        max_penalty=max_penalty,
-        gamma=gamma,
-        beta=beta,
-        alpha=alpha,
-        penalty_test=penalty_test,
-        test_batches=test_batches,
-        eval_samples=eval_samples,
+        **arguments,
         temperature_schedule=check_temperature_schedule(temperature_schedule, mixtures, auto=FINAL_TEMPERATURE),
-        max_grad_norm=max_grad_norm,
-        stop_early=stop_early,
     )
     conditional = [m.context_features for m in mixtures if m.context_features is not None]
     if conditional:
@@ -644,12 +752,13 @@ def fit_maxent(
         run.train(progress)
         result = run.result()
     if not result.converged:
-        warnings.warn(_not_converged_message(result, settings), MaxEntNotConvergedWarning, stacklevel=2)
+        warnings.warn(_not_converged_message(result, settings), MaxEntNotConvergedWarning, stacklevel=3)
     return result
 
 
 def _not_converged_message(result: MaxEntResult, settings: MaxEntSettings, shown: int = 6) -> str:
-    """Which constraints the last stopping test failed, with their standardised violations and tolerances."""
+    """Which parts of the last stopping test failed: the constraints outside their tolerance, with their standardised
+    violations, tolerances and p-values, and the stationarity of log q in T."""
     history = result.history
     m = result.violation.numel()
     level = settings.alpha / m
@@ -664,12 +773,29 @@ def _not_converged_message(result: MaxEntResult, settings: MaxEntSettings, shown
     if len(failed) > shown:
         lines.append(f"and {len(failed) - shown} more")
     samples = settings.test_batches * settings.batch_size
+    parts = []
+    if failed:
+        parts.append(
+            f"{len(failed)} of {m} constraints are outside their tolerance in the last test ({samples} samples, level "
+            f"α/m = {level:.3g}): "
+            + "; ".join(lines)
+            + ". Standardised violations are (E[T_j] - t_j) / s_j, s_j = result.scale[j] the statistic's standard "
+            "deviation under the initial flow"
+        )
+    tolerance = settings.stationarity_tolerance
+    if tolerance is not None and not history.stationarity[-1] < tolerance:
+        parts.append(
+            f"log q is not yet an affine function of T: half the residual variance of log q regressed on T is "
+            f"{history.stationarity[-1]:.3g} nats in the last test (tolerance {tolerance:g}; "
+            f"{result.stationarity:.3g} on the delivered flow's exact samples), so the entropy may still be short of "
+            "the maximum by about that much"
+        )
+    if not parts:
+        parts.append("the temperature had not reached the end of its schedule")
     return (
-        f"fit_maxent took all {result.steps} steps without passing its stopping test: {len(failed)} of {m} "
-        f"constraints are outside their tolerance in the last test ({samples} samples, level α/m = {level:.3g}): "
-        + "; ".join(lines)
-        + ". Standardised violations are (E[T_j] - t_j) / s_j, s_j = result.scale[j] the statistic's standard "
-        "deviation under the initial flow. More steps (or a larger penalty) may let the run converge."
+        f"fit_maxent took all {result.steps} steps without passing its stopping test: "
+        + "; and ".join(parts)
+        + ". More steps (or a more flexible flow) may let the run converge."
     )
 
 
@@ -686,6 +812,9 @@ class _Run:
         self.optimizer = torch.optim.Adam(parameters, lr=settings.lr)
         self.multipliers = torch.zeros_like(target)  # λ of the standardised problem
         self.scale = torch.ones(target.shape, dtype=torch.float64, device=self.device)  # s, set by `start` or `_resume`
+        m = target.numel()
+        self.whitening = torch.eye(m, dtype=torch.float64, device=self.device)  # W of the penalty ‖W R‖², on R = r / s
+        self.gram = self.whitening.to(target.dtype)  # WᵀW, in the flow's dtype
         self.penalty = settings.penalty  # c
         self.reference = torch.empty(0, dtype=torch.float64)  # the last test batches' penalty-test statistics
         self.history = MaxEntHistory()
@@ -705,10 +834,12 @@ class _Run:
         if self.schedule is not None:
             self._set_temperature(0)
         began = time.perf_counter()
-        residuals, _ = self._test_batches()  # in the caller's units: they set the scale
+        residuals, _, _ = self._test_batches()  # in the caller's units: they set the scale
         self.scale = _constraint_scale(residuals, self.target.dtype)
+        standardized = residuals / self.scale.to(residuals)
+        self._set_whitening(standardized)
         # the initial model's statistics: the reference of the first epoch's penalty test
-        self.reference = penalty_statistics(residuals / self.scale.to(residuals), self.settings.penalty_test)
+        self.reference = penalty_statistics(standardized @ self.whitening.T, self.settings.penalty_test)
         self.history.wall_time = time.perf_counter() - began
         if self.directory is not None:
             write_config(self.directory, self.config)
@@ -725,6 +856,12 @@ class _Run:
                 f"checkpoint {path} is inconsistent: step {step}, {len(checkpoint['history']['steps'])} recorded "
                 f"epochs of {self.epoch_steps} steps, a run of {self.steps} steps"
             )
+        m = self.target.numel()
+        if checkpoint["whitening"].shape != (m, m):
+            raise ValueError(
+                f"checkpoint {path} is inconsistent: whitening of shape {tuple(checkpoint['whitening'].shape)} "
+                f"for {m} constraints"
+            )
         for name in ("multipliers", "scale"):
             if checkpoint[name].shape != self.target.shape:
                 raise ValueError(
@@ -737,6 +874,8 @@ class _Run:
         self.multipliers = checkpoint["multipliers"].to(self.device, self.target.dtype)
         self.penalty = float(checkpoint["penalty"])
         self.scale = checkpoint["scale"].to(self.device, torch.float64)
+        self.whitening = checkpoint["whitening"].to(self.device, torch.float64)
+        self.gram = (self.whitening.T @ self.whitening).to(self.target.dtype)
         self.reference = checkpoint["reference"].to(torch.float64)
         self.history = MaxEntHistory.from_state_dict(checkpoint["history"])
         self.step, self.converged = step, checkpoint["converged"]
@@ -753,6 +892,7 @@ class _Run:
             "multipliers": self.multipliers.detach().cpu(),
             "penalty": self.penalty,
             "scale": self.scale.cpu(),
+            "whitening": self.whitening.cpu(),
             "reference": self.reference.cpu(),
             "history": self.history.state_dict(),
             "rng": capture_rng(self.device),
@@ -807,7 +947,7 @@ class _Run:
         residual = standardized.mean(0)
         first, second = standardized[:half].mean(0), standardized[half:].mean(0)
         entropy = -log_q.mean()
-        loss = -entropy + self.multipliers @ residual + 0.5 * self.penalty * (first @ second)
+        loss = -entropy + self.multipliers @ residual + 0.5 * self.penalty * (first @ (self.gram @ second))
         if not torch.isfinite(loss):
             self._diverged(f"the objective is {loss.item()} (entropy estimate {entropy.item()})")
         loss.backward()
@@ -831,10 +971,11 @@ class _Run:
         bad = non_finite_parameters(self.flow)
         if bad:
             self._diverged(f"parameters {bad[:5]} became non-finite")
-        residuals, entropy = self._test_batches()  # (E, B, m), the training-time entropy estimate
+        residuals, entropy, neg_log_q = self._test_batches()  # (E, B, m), the training-time entropy estimate, (E·B,)
         residuals = residuals / self.scale.to(residuals)  # standardised
         if self.exact_training:
             exact_entropy, exact_violation = entropy, residuals.mean((0, 1)).norm().item()
+            stationarity = _stationarity(neg_log_q, residuals.flatten(0, 1))
         else:
             neg_log_q, values = _exact_samples(
                 self.flow,
@@ -843,6 +984,7 @@ class _Run:
             )
             exact_entropy = neg_log_q.mean().item()
             exact_violation = ((values.mean(0) - self.target.to(values)) / self.scale.to(values)).norm().item()
+            stationarity = _stationarity(neg_log_q, values / self.scale.to(values))
         update = augmented_lagrangian_update(
             residuals,
             self.multipliers,
@@ -853,6 +995,7 @@ class _Run:
             alpha=self.settings.alpha,
             penalty_test=self.settings.penalty_test,
             max_penalty=self.settings.max_penalty,
+            metric=self.whitening,
         )
         history = self.history
         history.steps.append(self.step)
@@ -870,14 +1013,27 @@ class _Run:
         quantile = _student_t_isf(self.settings.alpha / (2 * m), n - 1)
         history.constraint_tolerance.append((quantile * update.violation_std_error).tolist())
         history.temperature.append(self.mixtures[0].temperature if self.mixtures else math.nan)
+        history.stationarity.append(stationarity)
         self.multipliers, self.penalty, self.reference = update.multipliers, update.penalty, update.statistics
+        if self.settings.metric == "whiten":  # the next epoch's metric, and its test's reference in that metric
+            self._set_whitening(residuals)
+            self.reference = penalty_statistics(residuals @ self.whitening.T, self.settings.penalty_test)
         annealed = self.schedule is None or self.step >= self.steps
-        self.converged = update.converged and annealed
+        tolerance = self.settings.stationarity_tolerance
+        stationary = tolerance is None or stationarity < tolerance
+        self.converged = update.converged and annealed and stationary
+
+    def _set_whitening(self, standardized: Tensor) -> None:
+        """W = Cov(R)^-1/2 (symmetric) of the standardised residuals (E, B, m) of the test batches, for "whiten"."""
+        if self.settings.metric != "whiten":
+            return
+        self.whitening = _inverse_square_root(standardized.flatten(0, 1))
+        self.gram = (self.whitening.T @ self.whitening).to(self.target.dtype)
 
     @torch.no_grad()
-    def _test_batches(self) -> tuple[Tensor, float]:
-        """Residuals T(x) - t (E, B, m) in float64 and the caller's units, of E fresh training-time batches, and
-        their entropy estimate."""
+    def _test_batches(self) -> tuple[Tensor, float, Tensor]:
+        """Residuals T(x) - t (E, B, m) in float64 and the caller's units, of E fresh training-time batches, their
+        entropy estimate and their -log q (E·B,)."""
         residuals, neg_log_q = [], []
         where = (
             f"in the test batches after step {self.step}" if self.step else "in the test batches before the first step"
@@ -888,10 +1044,11 @@ class _Run:
                 values = self._statistic(x, where)
                 residuals.append((values - self.target).to(torch.float64))
                 neg_log_q.append(-log_q.to(torch.float64))
-        entropy = torch.cat(neg_log_q).mean().item()
+        neg_log_q = torch.cat(neg_log_q)
+        entropy = neg_log_q.mean().item()
         if not math.isfinite(entropy):
             self._diverged(f"the test batches' entropy estimate is {entropy}")
-        return torch.stack(residuals), entropy
+        return torch.stack(residuals), entropy, neg_log_q
 
     def _set_temperature(self, step: int) -> None:
         set_temperature(self.mixtures, geometric_temperature(self.schedule, step, self.steps))
@@ -944,6 +1101,7 @@ class _Run:
             scale=self.scale.to(self.device, dtype),
             standardized_violation=(violation / scale).to(dtype),
             constraint_p_values=torch.tensor(self.history.constraint_p_values[-1], dtype=torch.float64),
+            stationarity=_stationarity(neg_log_q, values / scale),
         )
 
 
@@ -1018,6 +1176,28 @@ def _probe(flow: Distribution, statistic: Statistic, target: Tensor) -> None:
         raise ValueError(f"statistic must return the flow's dtype {target.dtype}; got {values.dtype}")
 
 
+def _stationarity(neg_log_q: Tensor, values: Tensor) -> float:
+    """Half the residual variance of the least-squares fit of log q (n,) on [1, T] (n, m): at the answer log q =
+    -λᵀT - A exactly, so this is 0 there; near it, ½ Var of the residual is KL(q ‖ p) to second order for the member p
+    of the exponential family that the fit picks."""
+    y = -neg_log_q.to(torch.float64)
+    features = values.to(torch.float64)
+    features = (features - features.mean(0)) / features.std(0).clamp_min(torch.finfo(torch.float64).tiny)
+    design = torch.cat([torch.ones_like(y)[:, None], features], dim=1)  # (n, m + 1)
+    coefficients = torch.linalg.lstsq(design, y[:, None]).solution
+    residual = y - (design @ coefficients).squeeze(-1)
+    return 0.5 * residual.var().item()
+
+
+def _inverse_square_root(values: Tensor) -> Tensor:
+    """Cov^-1/2 (m, m), symmetric, of the rows of values (n, m), float64; eigenvalues floored at `_EIGENVALUE_FLOOR`
+    times the largest, so that nearly redundant constraints do not turn the estimate's noise into huge steps."""
+    covariance = torch.cov(values.to(torch.float64).T).reshape(values.shape[1], values.shape[1])
+    eigenvalues, vectors = torch.linalg.eigh(covariance)
+    eigenvalues = eigenvalues.clamp_min(_EIGENVALUE_FLOOR * eigenvalues.max())
+    return (vectors * eigenvalues.rsqrt()) @ vectors.T
+
+
 def _constraint_scale(residuals: Tensor, dtype: torch.dtype) -> Tensor:
     """s (m,), float64 on the residuals' device: the standard deviation of each column of residuals (E, B, m) of
     the initial flow. A column that takes one value on every sample, to `dtype`'s rounding, is refused: it has no
@@ -1057,6 +1237,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         "multipliers": Tensor,
         "penalty": (float, int),
         "scale": Tensor,
+        "whitening": Tensor,
         "reference": Tensor,
         "history": dict,
     }

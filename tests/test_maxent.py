@@ -404,12 +404,13 @@ def test_the_checkpoint_s_rng_state_drives_the_rest_of_the_run(tmp_path):
 )  # fmt: skip
 def test_resuming_into_a_flow_with_another_estimator_or_temperature_is_refused(tmp_path, change, match):
     # neither estimator anneals τ ("auto" does so for Gumbel estimators only), so τ is the model's own setting
-    fit_maxent(mixture_flow("pathwise"), moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
+    # estimator=None: "auto" would train the "exact" base with "pathwise", as the checkpoint's
+    fit_maxent(mixture_flow("pathwise"), moments, FAR_TARGET, checkpoint_dir=tmp_path, estimator=None, **SMOKE)
     other = mixture_flow("exact" if change == "estimator" else "pathwise")
     if change == "temperature":
         flow_base(other).temperature = 0.9
     with pytest.raises(ValueError, match=rf"model built with other settings.*{match}"):
-        fit_maxent(other, moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
+        fit_maxent(other, moments, FAR_TARGET, checkpoint_dir=tmp_path, estimator=None, **SMOKE)
     assert flow_base(other).temperature == (0.9 if change == "temperature" else 0.5)
     fit_maxent(mixture_flow("pathwise"), moments, FAR_TARGET, checkpoint_dir=tmp_path, **SMOKE)
 
@@ -825,14 +826,15 @@ def test_a_run_stopped_before_its_test_passes_warns_with_numbers():
     assert issubclass(MaxEntNotConvergedWarning, UserWarning)
 
 
-def test_a_checkpoint_of_the_unstandardised_format_is_refused(tmp_path):
+@pytest.mark.parametrize("old", ["mog_flows.maxent/1", "mog_flows.maxent/2"])  # before standardising / whitening
+def test_a_checkpoint_of_an_older_format_is_refused(tmp_path, old):
     with pytest.warns(MaxEntNotConvergedWarning):
         fit_maxent(mixture_flow(), moments, [0.0, 1.0], checkpoint_dir=tmp_path, **SMOKE)
     path = tmp_path / "latest.pt"
     checkpoint = torch.load(path, weights_only=True)
-    checkpoint["format"] = "mog_flows.maxent/1"
+    checkpoint["format"] = old
     torch.save(checkpoint, path)
-    with pytest.raises(ValueError, match=r"maxent/1"):
+    with pytest.raises(ValueError, match=old.split("/")[-1].join([r"maxent/", ""])):
         fit_maxent(mixture_flow(), moments, [0.0, 1.0], checkpoint_dir=tmp_path, **SMOKE)
 
 
@@ -842,3 +844,83 @@ def test_a_statistic_constant_under_the_initial_flow_is_refused():
 
     with pytest.raises(ValueError, match=r"statistic column 1 \(of 2\) has zero variance under the initial flow"):
         fit_maxent(mixture_flow(), statistic, [0.0, 2.0], **SMOKE)
+
+
+def test_a_metric_turns_the_update_into_c_w_transpose_w_times_the_violation():
+    residuals = residual_batches([0.3, -0.2, 0.1])
+    metric = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, -1.0, 3.0]], dtype=DOUBLE)
+    multipliers = torch.tensor([0.1, 0.2, -0.3], dtype=DOUBLE)
+    previous = torch.full((16,), 10.0, dtype=DOUBLE)
+    update = augmented_lagrangian_update(residuals, multipliers, 2.0, previous, metric=metric)
+    violation = residuals.mean((0, 1))
+    assert torch.allclose(update.multipliers, multipliers + 2.0 * metric.T @ metric @ violation, atol=1e-12)
+    weighted = residuals @ metric.T
+    assert np.allclose(update.statistics.numpy(), reference_statistics(weighted, "split"), atol=1e-12)
+    # the stopping test tests the constraints themselves, not their mixtures
+    plain = augmented_lagrangian_update(residuals, multipliers, 2.0, previous)
+    assert torch.equal(update.constraint_p_values, plain.constraint_p_values)
+    with pytest.raises(ValueError, match=r"metric must have shape \(3, 3\)"):
+        augmented_lagrangian_update(residuals, multipliers, 2.0, previous, metric=torch.eye(2, dtype=DOUBLE))
+
+
+def test_whitening_makes_the_run_invariant_to_mixing_the_constraints():
+    """T' = A T, t' = A t (A invertible, not diagonal) is the same problem; the whitened penalty ‖Cov^-1/2 R‖ is the
+    Mahalanobis norm, invariant under A, and so is the run (float64, up to rounding)."""
+    mix = torch.tensor([[1.0, 2.0], [-0.5, 3.0]], dtype=DOUBLE)
+
+    def mixed(x):
+        return moments(x) @ mix.T
+
+    target = torch.tensor([0.0, 1.0], dtype=DOUBLE)
+    runs = []
+    for statistic, goal in ((moments, target), (mixed, mix @ target)):
+        flow = mixture_flow().double()
+        with pytest.warns(MaxEntNotConvergedWarning):
+            result = fit_maxent(flow, statistic, goal, **SHORT)
+        runs.append((flow, result))
+    (flow, result), (mixed_flow, mixed_result) = runs
+    for (name, value), other in zip(flow.named_parameters(), mixed_flow.parameters()):
+        assert torch.allclose(value, other, rtol=1e-7, atol=1e-9), name
+    assert mixed_result.entropy == pytest.approx(result.entropy, rel=1e-9)
+    assert torch.allclose(mixed_result.violation, mix @ result.violation, atol=1e-9)
+    # λ'ᵀT' = λᵀT: λ = Aᵀλ'
+    assert torch.allclose(mix.T @ mixed_result.multipliers, result.multipliers, atol=1e-8)
+
+
+def test_stationarity_is_zero_in_the_exponential_family_and_known_outside_it():
+    from mog_flows.maxent import _stationarity
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2**16, 1, generator=generator, dtype=DOUBLE)
+    log_q = torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 0])  # -x²/2 - log √(2π)
+    assert _stationarity(-log_q, torch.cat([x, x * x], dim=1)) < 1e-20  # affine in (x, x²)
+    # on T = x alone, log q = -x²/2 + const leaves the residual -x²/2 + x²'s mean: ½ Var(x²/2) = ½ · ½ = 0.25
+    assert _stationarity(-log_q, x) == pytest.approx(0.25, rel=0.03)
+
+
+def test_a_run_whose_constraints_pass_but_log_q_is_not_affine_in_t_warns_about_that():
+    flow = mixture_flow("pathwise")
+    with pytest.warns(MaxEntNotConvergedWarning, match=r"log q is not yet an affine function of T") as record:
+        result = fit_maxent(flow, moments, [0.0, 1.0], stationarity_tolerance=1e-12, **SHORT)
+    assert not result.converged
+    assert result.history.stationarity[-1] > 1e-12 and result.stationarity > 0
+    assert "tolerance 1e-12" in str(record[0].message)
+
+
+def test_auto_trains_an_exact_diagonal_base_pathwise_and_gives_it_back():
+    """estimator="auto": an "exact" base's gradient misses how the component choice depends on the weights (biased);
+    it trains with "pathwise" instead, exactly as a "pathwise" base would, and gets its estimator back afterwards."""
+    auto = mixture_flow("exact")
+    with pytest.warns(MaxEntNotConvergedWarning):
+        fit_maxent(auto, moments, FAR_TARGET, **SMOKE)
+    assert flow_base(auto).estimator == "exact"
+    pathwise = mixture_flow("pathwise")
+    as_is = mixture_flow("exact")
+    with pytest.warns(MaxEntNotConvergedWarning):
+        fit_maxent(pathwise, moments, FAR_TARGET, estimator=None, **SMOKE)
+        fit_maxent(as_is, moments, FAR_TARGET, estimator=None, **SMOKE)
+    weights = [flow_base(f).mixture_parameters()["weights"].detach() for f in (auto, pathwise, as_is)]
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])
+    with pytest.raises(ValueError, match=r'estimator must be "auto" or None'):
+        fit_maxent(mixture_flow(), moments, FAR_TARGET, estimator="pathwise", **SMOKE)

@@ -34,3 +34,18 @@ def test_the_rad_report_follows_from_its_rows(tmp_path, capsys):
     rad.main(["--report-only", "--out", str(tmp_path)])
     capsys.readouterr()
     assert (tmp_path / "rad_comparison.md").read_text() == (RESULTS / "rad_comparison.md").read_text()
+
+
+@pytest.mark.parametrize("study", ["jensen_warmup", "collinearity"])
+def test_the_mdn_training_reports_follow_from_their_rows(tmp_path, study):
+    import re
+
+    from mog_flows.studies import collinearity, jensen_warmup, report
+
+    module = {"jensen_warmup": jensen_warmup, "collinearity": collinearity}[study]
+    texts = ("arm", "status", "reason") if study == "jensen_warmup" else collinearity.TEXTS
+    rows = report.read_csv(RESULTS / f"{study}.csv", integers=module.INTEGERS, texts=texts)
+    committed = (RESULTS / f"{study}.md").read_text()
+    command = re.search(r"Written by `([^`]+)`", committed)[1]
+    module.write_markdown(rows, tmp_path / f"{study}.md", command=command)
+    assert (tmp_path / f"{study}.md").read_text() == committed

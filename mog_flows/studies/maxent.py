@@ -306,6 +306,11 @@ def _fit(spec: Spec, flow, problem) -> MaxEntResult:
         seed=spec.seed,
         progress=False,
         stop_early=False,  # equal steps for every run
+        # the schedule these studies were run with (before the development sweep chose fit_maxent's defaults):
+        # per-constraint scaling, no stationarity test, each base trained with its own estimator
+        metric="scale",
+        stationarity_tolerance=None,
+        estimator=None,
     )
 
 

@@ -107,7 +107,7 @@ def log_q(theta: Tensor, x: Tensor, K: int) -> Tensor:
     return torch.logsumexp(log_w - 0.5 * z**2 - log_stds - 0.5 * math.log(2 * math.pi), dim=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quadrature() -> tuple[Tensor, Tensor]:
     """Nodes (J,) and weights (J,) with Σ_j w_j f(x_j) ≈ E_p[f(x)]: the trapezoid rule on a uniform grid of step
     `GRID_STEP` over p's mass ± 14 standard deviations, which converges geometrically for smooth integrands.
@@ -190,7 +190,7 @@ def _order(theta: Tensor, K: int) -> Tensor:
     return _theta_from_params(order_by_mean(_params_from_theta(theta, K)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def projection(K: int, reference_draws: int = 1_000_000, em_iterations: int = 200, seed: int = 12345) -> Tensor:
     """θ* (3K - 1,) for K components, components in increasing order of their means (module docstring)."""
     if K == 1:
@@ -290,7 +290,8 @@ def write_markdown(rows: list[dict], path: Path, *, command: str, reference_draw
             "",
             f"## K = {K}",
             "",
-            "θ* = " + ", ".join(f"{name} {value:.4f}" for name, value in zip(NAMES[K], star.tolist(), strict=True))
+            "θ* = "
+            + ", ".join(f"{name} {value:.4f}" for name, value in zip(NAMES[K], star.tolist(), strict=True))
             + f"; tr(A⁻¹B)/2 = {trace:.3f} (a correct model would give {star.numel() / 2:.1f}); asymptotic "
             "variance ratio sandwich / naive per parameter: "
             + " ".join(f"{v:.2f}" for v in (robust / naive).tolist())

@@ -26,9 +26,9 @@ def test_log_q_is_the_mixture_density():
     theta = torch.tensor([0.3, -1.0, 2.0, -0.2, 0.4], dtype=DOUBLE)
     x = torch.linspace(-5, 5, 41, dtype=DOUBLE)
     w2 = 1 / (1 + math.exp(-0.3))
-    density = (1 - w2) * stats.norm(-1.0, math.exp(-0.2)).pdf(x.numpy()) + w2 * stats.norm(
-        2.0, math.exp(0.4)
-    ).pdf(x.numpy())
+    density = (1 - w2) * stats.norm(-1.0, math.exp(-0.2)).pdf(x.numpy()) + w2 * stats.norm(2.0, math.exp(0.4)).pdf(
+        x.numpy()
+    )
     torch.testing.assert_close(kp.log_q(theta, x, 2), torch.tensor(density).log(), rtol=0, atol=1e-12)
 
 

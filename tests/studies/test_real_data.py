@@ -106,7 +106,9 @@ def test_the_study_runs_end_to_end_with_quick_settings(tmp_path, capsys):
     assert "- float32: `build_flow(standardize=train)`" in text and "- float64:" in text and "1 + 2^-20" in text
     assert "python experiments/real_data.py --quick`" in text
     rows = real_data.report.read_csv(tmp_path / "real_data_quick.csv", texts=("dataset", "model"))
-    expected = {(d, m) for d in real_data.DATASETS for m in real_data.MODELS} | {("galaxies", m) for m in real_data.CHECKS}
+    expected = {(d, m) for d in real_data.DATASETS for m in real_data.MODELS} | {
+        ("galaxies", m) for m in real_data.CHECKS
+    }
     assert {(r["dataset"], r["model"]) for r in rows} == expected
     assert len(rows) == 2 * len(expected)  # two folds
     assert all(math.isfinite(r["heldout_ll"]) for r in rows)

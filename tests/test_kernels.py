@@ -399,3 +399,64 @@ def test_kernel_costs_reject_bad_data():
         scalar_cost(p, torch.zeros(5, 3, dtype=torch.float64), data_variance=0.1)
     with pytest.raises(ValueError, match="data_variance must be positive"):
         schur_trace_cost(p, torch.zeros(5, 2, dtype=torch.float64), data_variance=0.0)
+
+
+def quantile_draws(n, variance):
+    """n 'draws' (n, 1) of N(0, variance) at the quantiles (i - ½)/n: sample averages ≈ population integrals."""
+    from scipy.stats import norm
+
+    x = norm.ppf((np.arange(n) + 0.5) / n) * np.sqrt(variance)
+    return torch.tensor(x, dtype=torch.float64)[:, None]
+
+
+def best_single_variance(cost, data, s):
+    from scipy.optimize import minimize_scalar
+
+    def value(log_t):
+        one = {
+            "weights": torch.ones(1, dtype=torch.float64),
+            "means": torch.zeros(1, 1, dtype=torch.float64),
+            "covariances": torch.tensor([[np.exp(log_t)]], dtype=torch.float64),
+        }
+        return cost(one, data, data_variance=s).item()
+
+    return float(np.exp(minimize_scalar(value, bounds=(np.log(1e-4), np.log(20.0)), method="bounded").x))
+
+
+@pytest.mark.parametrize("s", [0.01, 0.1, 0.5])
+def test_one_centre_optimal_variance_shows_which_costs_fit_the_density(s):
+    # Gaussian data of variance v, one centre at its mean. The scalar and vector-matrix costs fit the kernel
+    # estimate q = N(0, v + s): their best centre variance is v + s. The Schur-trace and nuclear-norm costs (equal
+    # for K = 1) project each data kernel ψ_n on the centre separately; maximising Σ_n ⟨φ, ψ_n⟩² / ‖φ‖² gives
+    # t = sqrt(s² + 2 s v), which tends to 0 with the bandwidth: they measure how well the centre reproduces single
+    # data kernels, not the density, and their centres are too narrow for any s < v (√2 - 1).
+    v = 1.0
+    data = quantile_draws(400, v)
+    for cost in (scalar_cost, vector_matrix_cost):
+        assert best_single_variance(cost, data, s) == pytest.approx(v + s, rel=2e-3)
+    for cost in (schur_trace_cost, nuclear_norm_cost):
+        assert best_single_variance(cost, data, s) == pytest.approx(np.sqrt(s**2 + 2 * s * v), rel=2e-3)
+
+
+@pytest.mark.parametrize("cost", COSTS, ids=lambda f: f.__name__)
+def test_kernel_costs_are_invariant_to_rigid_motions_and_relabelling(cost):
+    data, s = two_clusters(), 0.1
+    p = random_mixture(3, 2, covariance="full", seed=20)
+    value = cost(p, data, data_variance=s).item()
+    assert 0.0 <= value <= 1.0
+    angle = 0.7
+    r = torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float64)
+    shift = torch.tensor([5.0, -2.0], dtype=torch.float64)
+    moved = {
+        "weights": p["weights"],
+        "means": p["means"] @ r.T + shift,
+        "covariances": r @ p["covariances"] @ r.T,
+    }
+    assert cost(moved, data @ r.T + shift, data_variance=s).item() == pytest.approx(value, rel=1e-9)
+    order = torch.tensor([2, 0, 1])
+    assert cost(permute_components(p, order), data, data_variance=s).item() == pytest.approx(value, rel=1e-9)
+    reweighted = {**p, "weights": torch.tensor([0.8, 0.1, 0.1], dtype=torch.float64)}
+    if cost is scalar_cost:  # the only cost that reads the weights
+        assert abs(cost(reweighted, data, data_variance=s).item() - value) > 1e-3
+    else:
+        assert cost(reweighted, data, data_variance=s).item() == pytest.approx(value, rel=1e-12)

@@ -6,7 +6,8 @@ minibatch and takes an Adam step on the mean negative log-likelihood
     L = -(1/B) Σ_b log p(x_b | c_b),
 
 with a cosine learning-rate decay over the run and gradient-norm clipping. A flow's mixture base has its own Adam
-parameter group, at `base_lr_factor` × lr.
+parameter group, at `base_lr_factor` × lr. Under `torch.distributed` the same run is trained data-parallel, each of
+the W ranks computing B / W rows of every minibatch (`fit`'s docstring, and `mog_flows.distributed`).
 
 A checkpoint directory holds
 
@@ -281,9 +282,11 @@ def fit(
             `seed`; a callable may use torch's global RNG, which `fit` seeds, checkpoints and restores. Batches are
             cast to the model's dtype and moved to `device`.
         steps: total length of the run (a resumed run counts the steps already done).
-        batch_size: B.
+        batch_size: B, the global minibatch; under torch.distributed a multiple of the world size W, each rank
+            computing B / W rows of it.
         lr: peak Adam learning rate, decayed as lr · ½(1 + cos(π t / steps)).
-        device: "auto" (CUDA when available, else CPU), or any torch device.
+        device: "auto" (CUDA when available, else CPU), or any torch device. Under torch.distributed "auto" and a
+            bare "cuda" mean cuda:LOCAL_RANK, which `fit` makes the current CUDA device.
         seed: seeds the minibatch generator, torch's global RNG and the base initialisation.
         val_data: a tensor (N', D) or a pair (x, context); its mean NLL is computed without gradients every
             `checkpoint_every` steps and at the end.
@@ -317,11 +320,40 @@ def fit(
             suits network weights but not means and log-scales in the data's units (what was measured: the
             comment on `BASE_LR_FACTOR`).
 
+    Distributed training: when `torch.distributed` is initialised with W > 1 processes (e.g. under `torchrun
+    --nproc_per_node W`), every rank calls `fit` with the same model, data and arguments (the whole data set, not a
+    shard: the arguments and data checksums are compared across ranks, ValueError otherwise) and `fit` trains
+    data-parallel, without wrapping the model in `DistributedDataParallel` (which only hooks `forward`, while `fit`
+    calls `log_prob`): after each backward pass the gradients are averaged over the ranks with one `all_reduce`.
+
+    - Tensor data: every rank draws the same B global indices from the same seeded generator and takes its
+      contiguous B / W of them, so the mean of the ranks' gradients is the gradient of the global minibatch's mean
+      loss, and the parameters end equal to a single-process run's up to floating-point reduction order (checked
+      to 1e-5 in float64). This holds when `log_prob` draws no random numbers (flows, the exact mixture density);
+      a model that does (dropout) draws other numbers than one process would, and agrees in distribution only.
+    - A callable `data`: each rank draws its own B / W rows, with torch's global RNG seeded from (seed, rank, step)
+      inside a fork (so the global stream stays the same on every rank): the run agrees with a single-process one
+      in distribution only, and resumes exactly with the same world size.
+    - The base initialisation (`init_base`) runs on rank 0, whose parameters, buffers and RNG state are then
+      broadcast, so every rank starts from rank 0's model; the mixture base's parameter group, the temperature
+      schedule, clipping, the blow-up rule, validation and `restore_best` decide from reduced numbers, alike on
+      every rank. Validation splits `val_data` into W contiguous parts and adds the NLL sums over the ranks.
+    - Only rank 0 writes `checkpoint_dir` (the other ranks touch no file there) and shows the progress bar; on a
+      resume rank 0 reads `latest.pt` (and `best.pt`) and sends it to the others, so no shared file system is
+      needed. The checkpoint's config records `world_size`, and a checkpoint resumes only with the same world
+      size. An error while setting up or reading a checkpoint on one rank is raised on every rank (the others
+      raise `mog_flows.distributed.RankFailedError`, a ValueError); an error or interruption during a step on one
+      rank only leaves the others waiting in a collective until the launcher (torchrun) stops them, after rank 0
+      saved the state after the last completed step.
+    - Backends: gloo for CPU training, nccl for CUDA (nccl with a CPU device is a ValueError).
+
     The model trains in its own dtype, float32 or float64; half precision (float16, bfloat16) is refused, since
     Adam's moment estimates underflow there and the run diverges at once: train in float32 and cast afterwards.
 
     Raises:
-        ValueError: bad arguments; a half-precision model; a checkpoint_dir that is not a path, is a file, lies
+        ValueError: bad arguments; a half-precision model; under torch.distributed, a batch_size that is not a
+            multiple of the world size, a CUDA index this node lacks, nccl with a CPU device, or ranks called with
+            different arguments or data; a checkpoint_dir that is not a path, is a file, lies
             under a file or cannot be written; data that are not finite or do not fit the model; an unreadable
             checkpoint; a checkpoint from a run with other arguments or a model with other mixture settings.
         TrainingDivergedError: a non-finite loss, gradient or parameter, or a loss blown up for `BLOWUP_STEPS`

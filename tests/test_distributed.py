@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,25 @@ def test_bad_setups_raise_on_every_rank(ranks):
 
 def test_single_process_world():
     assert current_world() == SINGLE_PROCESS and not SINGLE_PROCESS.parallel and SINGLE_PROCESS.writer
+
+
+@pytest.mark.slow
+def test_the_torchrun_example_runs_and_resumes(tmp_path):
+    """examples/ddp_fit.py under `torchrun --nproc_per_node 2` (gloo), with tiny settings, then resumed."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "ddp_fit.py"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    command += [str(script), "--steps", "3", "--batch-size", "16", "--checkpoint-dir", str(tmp_path / "run")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(2):  # the second call resumes the finished run
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "2 processes: best validation NLL" in done.stdout
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"config.json", "latest.pt", "best.pt"}

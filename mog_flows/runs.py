@@ -171,11 +171,12 @@ def read_checkpoint(
     return checkpoint
 
 
-def check_checkpoint_dir(value: Any, name: str = "checkpoint_dir") -> Path | None:
+def check_checkpoint_dir(value: Any, name: str = "checkpoint_dir", *, probe: bool = True) -> Path | None:
     """None, or `value` as a Path once it is known that checkpoints can be written there: a str or os.PathLike, not
     "", naming a directory, or a path that can be created as one. The check writes and removes a file (in the
     directory, or in its nearest existing ancestor), so that permissions, read-only file systems and the like are
-    found before any work, whoever runs it (root ignores permission bits)."""
+    found before any work, whoever runs it (root ignores permission bits). `probe=False` checks the value only and
+    touches no file (a process that will not write, such as a rank other than 0 of a distributed run)."""
     if value is None:
         return None
     path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
@@ -187,6 +188,8 @@ def check_checkpoint_dir(value: Any, name: str = "checkpoint_dir") -> Path | Non
             "mean that, or None for no checkpoints"
         )
     directory = Path(path)
+    if not probe:
+        return directory
     existing = directory
     while not (existing.exists() or existing.is_symlink()):
         existing = existing.parent

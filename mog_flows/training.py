@@ -6,7 +6,8 @@ minibatch and takes an Adam step on the mean negative log-likelihood
     L = -(1/B) Σ_b log p(x_b | c_b),
 
 with a cosine learning-rate decay over the run and gradient-norm clipping. A flow's mixture base has its own Adam
-parameter group, at `base_lr_factor` × lr.
+parameter group, at `base_lr_factor` × lr. Under `torch.distributed` the same run is trained data-parallel, each of
+the W ranks computing B / W rows of every minibatch (`fit`'s docstring, and `mog_flows.distributed`).
 
 A checkpoint directory holds
 
@@ -62,6 +63,7 @@ from .checks import (
     check_positive_number,
     check_seed,
 )
+from .distributed import SINGLE_PROCESS, World, current_world, local_rank
 from .mixture import MixtureOfGaussians
 from .nflows_adapters import distribution_features, embed_context, flow_base, flow_transform, transform_layers
 from .runs import (
@@ -83,6 +85,7 @@ from .runs import (
     non_finite_parameters,
     read_checkpoint,
     restore_rng,
+    same_setting,
     set_temperature,
     write_atomic,
     write_config,
@@ -127,7 +130,7 @@ _HALF_PRECISION = (torch.float16, torch.bfloat16)
 _PROBE_ROWS = 8  # rows of data tried through model.log_prob before training
 _RANGE_ROWS = 1024  # rows of data checked against a spline flow's tail bound before training
 # resume keys added after format 1 was fixed, with the value that checkpoints written without them ran with
-_ADDED_RESUME_KEYS = {"base_lr_factor": 1.0}
+_ADDED_RESUME_KEYS = {"base_lr_factor": 1.0, "world_size": 1}
 
 Data = Tensor | tuple[Tensor, Tensor] | Callable[[int], Any]
 
@@ -223,6 +226,7 @@ class FitSettings:
         "schedule",
         "model",
         "data",
+        "world_size",
     )
 
     def __post_init__(self) -> None:
@@ -278,9 +282,11 @@ def fit(
             `seed`; a callable may use torch's global RNG, which `fit` seeds, checkpoints and restores. Batches are
             cast to the model's dtype and moved to `device`.
         steps: total length of the run (a resumed run counts the steps already done).
-        batch_size: B.
+        batch_size: B, the global minibatch; under torch.distributed a multiple of the world size W, each rank
+            computing B / W rows of it.
         lr: peak Adam learning rate, decayed as lr · ½(1 + cos(π t / steps)).
-        device: "auto" (CUDA when available, else CPU), or any torch device.
+        device: "auto" (CUDA when available, else CPU), or any torch device. Under torch.distributed "auto" and a
+            bare "cuda" mean cuda:LOCAL_RANK, which `fit` makes the current CUDA device.
         seed: seeds the minibatch generator, torch's global RNG and the base initialisation.
         val_data: a tensor (N', D) or a pair (x, context); its mean NLL is computed without gradients every
             `checkpoint_every` steps and at the end.
@@ -314,11 +320,40 @@ def fit(
             suits network weights but not means and log-scales in the data's units (what was measured: the
             comment on `BASE_LR_FACTOR`).
 
+    Distributed training: when `torch.distributed` is initialised with W > 1 processes (e.g. under `torchrun
+    --nproc_per_node W`), every rank calls `fit` with the same model, data and arguments (the whole data set, not a
+    shard: the arguments and data checksums are compared across ranks, ValueError otherwise) and `fit` trains
+    data-parallel, without wrapping the model in `DistributedDataParallel` (which only hooks `forward`, while `fit`
+    calls `log_prob`): after each backward pass the gradients are averaged over the ranks with one `all_reduce`.
+
+    - Tensor data: every rank draws the same B global indices from the same seeded generator and takes its
+      contiguous B / W of them, so the mean of the ranks' gradients is the gradient of the global minibatch's mean
+      loss, and the parameters end equal to a single-process run's up to floating-point reduction order (checked
+      to 1e-5 in float64). This holds when `log_prob` draws no random numbers (flows, the exact mixture density);
+      a model that does (dropout) draws other numbers than one process would, and agrees in distribution only.
+    - A callable `data`: each rank draws its own B / W rows, with torch's global RNG seeded from (seed, rank, step)
+      inside a fork (so the global stream stays the same on every rank): the run agrees with a single-process one
+      in distribution only, and resumes exactly with the same world size.
+    - The base initialisation (`init_base`) runs on rank 0, whose parameters, buffers and RNG state are then
+      broadcast, so every rank starts from rank 0's model; the mixture base's parameter group, the temperature
+      schedule, clipping, the blow-up rule, validation and `restore_best` decide from reduced numbers, alike on
+      every rank. Validation splits `val_data` into W contiguous parts and adds the NLL sums over the ranks.
+    - Only rank 0 writes `checkpoint_dir` (the other ranks touch no file there) and shows the progress bar; on a
+      resume rank 0 reads `latest.pt` (and `best.pt`) and sends it to the others, so no shared file system is
+      needed. The checkpoint's config records `world_size`, and a checkpoint resumes only with the same world
+      size. An error while setting up or reading a checkpoint on one rank is raised on every rank (the others
+      raise `mog_flows.distributed.RankFailedError`, a ValueError); an error or interruption during a step on one
+      rank only leaves the others waiting in a collective until the launcher (torchrun) stops them, after rank 0
+      saved the state after the last completed step.
+    - Backends: gloo for CPU training, nccl for CUDA (nccl with a CPU device is a ValueError).
+
     The model trains in its own dtype, float32 or float64; half precision (float16, bfloat16) is refused, since
     Adam's moment estimates underflow there and the run diverges at once: train in float32 and cast afterwards.
 
     Raises:
-        ValueError: bad arguments; a half-precision model; a checkpoint_dir that is not a path, is a file, lies
+        ValueError: bad arguments; a half-precision model; under torch.distributed, a batch_size that is not a
+            multiple of the world size, a CUDA index this node lacks, nccl with a CPU device, or ranks called with
+            different arguments or data; a checkpoint_dir that is not a path, is a file, lies
             under a file or cannot be written; data that are not finite or do not fit the model; an unreadable
             checkpoint; a checkpoint from a run with other arguments or a model with other mixture settings.
         TrainingDivergedError: a non-finite loss, gradient or parameter, or a loss blown up for `BLOWUP_STEPS`
@@ -330,47 +365,63 @@ def fit(
             so on, where they have their default handlers and `fit` runs in the main thread. A signal during a
             parameter update takes effect when the update is done.
     """
-    check_bool("progress", progress)
-    check_bool("restore_best", restore_best)
-    if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
-        raise TypeError(f"model must be an nn.Module with a log_prob method; got {type(model).__name__}")
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise ValueError("model has no trainable parameters")
-    half = sorted({str(p.dtype) for p in parameters if p.dtype in _HALF_PRECISION})
-    if half:
-        raise ValueError(
-            f"fit trains in float32 or float64; the model's parameters are {', '.join(half)}, in which Adam's "
-            "moment estimates underflow and the run diverges at once: train in float32 and cast afterwards "
-            "(model.float() before fit, model.half() or model.bfloat16() after)"
-        )
-    mixtures = [module for module in model.modules() if isinstance(module, MixtureOfGaussians)]
-    settings = FitSettings(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        init_base=init_base,
-        temperature_schedule=check_temperature_schedule(temperature_schedule, mixtures),
-        max_grad_norm=max_grad_norm,
-        base_lr_factor=base_lr_factor,
-        checkpoint_every=checkpoint_every,
-    )
-    directory = check_checkpoint_dir(checkpoint_dir)
-    device = _resolve_device(device)
-    model.to(device)
-    dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.get_default_dtype())
-    source = _make_source(data, device, dtype)
-    val = None if val_data is None else _split(val_data, "val_data")
+    world = current_world()
 
-    with forked_rng(device), InterruptGuard() as guard:
+    def setup() -> tuple:
+        check_bool("progress", progress)
+        check_bool("restore_best", restore_best)
+        if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
+            raise TypeError(f"model must be an nn.Module with a log_prob method; got {type(model).__name__}")
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError("model has no trainable parameters")
+        half = sorted({str(p.dtype) for p in parameters if p.dtype in _HALF_PRECISION})
+        if half:
+            raise ValueError(
+                f"fit trains in float32 or float64; the model's parameters are {', '.join(half)}, in which Adam's "
+                "moment estimates underflow and the run diverges at once: train in float32 and cast afterwards "
+                "(model.float() before fit, model.half() or model.bfloat16() after)"
+            )
+        mixtures = [module for module in model.modules() if isinstance(module, MixtureOfGaussians)]
+        settings = FitSettings(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            init_base=init_base,
+            temperature_schedule=check_temperature_schedule(temperature_schedule, mixtures),
+            max_grad_norm=max_grad_norm,
+            base_lr_factor=base_lr_factor,
+            checkpoint_every=checkpoint_every,
+        )
+        if settings.batch_size % world.size:
+            raise ValueError(
+                f"batch_size is the global minibatch, split evenly over the {world.size} processes of the "
+                f"distributed run: it must be a multiple of the world size {world.size}; got {settings.batch_size}"
+            )
+        directory = check_checkpoint_dir(checkpoint_dir, probe=world.writer)
+        resolved = _resolve_device(device, world)
+        model.to(resolved)
+        dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.get_default_dtype())
+        source = _make_source(data, resolved, dtype)
+        val = None if val_data is None else _split(val_data, "val_data")
+        return parameters, mixtures, settings, directory, resolved, dtype, source, val
+
+    # under torch.distributed every rank raises when one does (world.agree), instead of waiting for it
+    parameters, mixtures, settings, directory, device, dtype, source, val = world.agree(setup)
+
+    def probe() -> None:
         # before any seeding: the probe's draws from a callable do not enter the run
         probe_x, probe_context = source.probe(_PROBE_ROWS)
         _check_model_accepts(model, probe_x, probe_context, "data")
-        _warn_outside_tail_bound(model, source)
+        if world.writer:
+            _warn_outside_tail_bound(model, source)
         if val is not None:
             _check_val_data(model, val, source, device, dtype)
-        run = _Run(model, parameters, source, val, settings, directory, device, mixtures)
+
+    with forked_rng(device), InterruptGuard() as guard:
+        world.agree(probe)
+        run = _Run(model, parameters, source, val, settings, directory, device, mixtures, world)
         run.start()
         run.train(guard, progress)
         if restore_best and val is not None:
@@ -394,10 +445,11 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> 
 class _Run:
     """The state of one training run and the steps that change it."""
 
-    def __init__(self, model, parameters, source, val, settings: FitSettings, directory, device, mixtures):
+    def __init__(self, model, parameters, source, val, settings: FitSettings, directory, device, mixtures, world):
         self.model, self.parameters, self.source, self.val = model, parameters, source, val
         self.settings, self.directory, self.device, self.mixtures = settings, directory, device, mixtures
-        self.config = _config(model, source, val, device, settings)
+        self.world: World = world
+        self.config = _config(model, source, val, device, settings, world)
         self.steps = settings.steps
         groups = _parameter_groups(model, parameters, settings.lr, settings.base_lr_factor)
         self.optimizer = torch.optim.Adam(groups, lr=settings.lr)
@@ -415,22 +467,48 @@ class _Run:
 
     # ---------------------------------------------------------------- start: fresh or resumed
     def start(self) -> None:
+        world = self.world
+        if world.parallel:
+            self._check_ranks_agree()
         latest = None if self.directory is None else self.directory / "latest.pt"
-        if latest is not None and latest.exists():
-            self._resume(latest)
+        # rank 0 reads the checkpoint and sends it to the others (no shared file system needed)
+        checkpoint = world.from_rank0(
+            lambda: _read_checkpoint(latest) if latest is not None and latest.exists() else None
+        )
+        if checkpoint is not None:
+            self._resume(checkpoint, latest)
             return
         seed = self.settings.seed
         torch.manual_seed(seed)
         self.source.generator.manual_seed(derive_seed(seed, "batches"))
-        if self.settings.init_base:
-            _initialize_base(self.model, self.source, seed)
+        if self.settings.init_base:  # on rank 0 only, then broadcast
+            world.agree(lambda: _initialize_base(self.model, self.source, seed) if world.writer else None)
+        # every rank starts from rank 0's parameters and RNG state (the initialisation may have drawn from it)
+        world.broadcast_module(self.model)
+        world.broadcast_rng(self.device)
         if self.directory is not None:
-            write_config(self.directory, self.config)
+            if world.writer:
+                write_config(self.directory, self.config)
             self._check_parameters_finite(0)
             self.save("latest.pt", self._rng_state())
 
-    def _resume(self, path: Path) -> None:
-        checkpoint = _read_checkpoint(path)
+    def _check_ranks_agree(self) -> None:
+        """Every rank must train the same run: the resume keys of the configs (data checksum included) agree."""
+        mine = {key: self.config.get(key) for key in FitSettings.RESUME_KEYS + ("val_data",)}
+        configs = self.world.gather_objects(mine)
+        differences = [
+            f"{key}: {configs[0][key]!r} on rank 0, {config[key]!r} on rank {rank}"
+            for rank, config in enumerate(configs)
+            for key in mine
+            if not same_setting(configs[0][key], config[key])
+        ]
+        if differences:
+            raise ValueError(
+                "the processes of the distributed run called fit with different arguments, models or data "
+                f"({'; '.join(differences[:5])}): every rank must pass the same ones (the same data, not a shard)"
+            )
+
+    def _resume(self, checkpoint: dict[str, Any], path: Path) -> None:
         saved = {**_ADDED_RESUME_KEYS, **checkpoint["config"]}
         check_resume_config(saved, self.config, FitSettings.RESUME_KEYS, path, "fit")
         # under a schedule τ is set at every step (and the schedule is compared above), so only its absence makes
@@ -463,7 +541,8 @@ class _Run:
         self.model.train()
         began, previous_time = time.perf_counter(), self.history.wall_time
         boundary = (self._rng_state(), _floating_buffers(self.model))  # what is not restored by a failed step
-        bar = tqdm(total=self.steps, initial=self.step, desc="fit", unit="step", disable=None if progress else True)
+        show = progress and self.world.writer  # under torch.distributed only rank 0 shows progress
+        bar = tqdm(total=self.steps, initial=self.step, desc="fit", unit="step", disable=None if show else True)
         every = self.settings.checkpoint_every
         try:
             while self.step < self.steps:
@@ -528,23 +607,41 @@ class _Run:
         schedule = self.settings.temperature_schedule
         if schedule is not None:
             set_temperature(self.mixtures, geometric_temperature(schedule, self.step, self.steps))
-        x, context = self.source.draw(self.settings.batch_size)
+        world = self.world
+        if world.parallel:
+            x, context = self.source.draw_share(self.settings.batch_size, world, self.settings.seed, self.step)
+        else:
+            x, context = self.source.draw(self.settings.batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss = -_log_prob(self.model, x, context).mean()
-        value = loss.item()
+        if world.parallel:
+            # the global minibatch mean: the mean of the ranks' means over equal shares; whether any rank's loss
+            # depends on a parameter
+            share = torch.stack(
+                [
+                    loss.detach().to(torch.float64),
+                    torch.tensor(float(loss.requires_grad), dtype=torch.float64, device=loss.device),
+                ]
+            )
+            total = world.all_reduce_sum(share).tolist()
+            value, trainable = total[0] / world.size, total[1] > 0
+        else:
+            value, trainable = loss.item(), loss.requires_grad
         if not math.isfinite(value):
             self._diverged(f"the minibatch loss is {value}")
         blown_up = self._blowup.check(value)
         if blown_up:
             self._diverged(blown_up)
-        if not loss.requires_grad:
+        if not trainable:
             raise ValueError(
                 f"the loss of step {self.step + 1} does not depend on any trainable parameter, so there is nothing "
                 "to train: every point of the minibatch passed the flow where it is the identity (outside a spline's "
                 "tail bound) into a base without parameters. Standardise the data (build_flow(..., standardize="
                 "x_train)) or build the flow with a larger tail_bound."
             )
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
+        world.average_gradients(self.parameters)  # the mean of the ranks' gradients: the global batch's gradient
         max_norm = math.inf if self.settings.max_grad_norm is None else self.settings.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm).item()
         if not math.isfinite(grad_norm):
@@ -575,7 +672,7 @@ class _Run:
         history = self.history
         improved = False
         if self.val is not None:
-            nll = _evaluate(self.model, *self.val, self.settings.batch_size, self.device)
+            nll = _evaluate(self.model, *self.val, self.settings.batch_size, self.device, self.world)
             history.val_nll.append(nll)
             history.val_steps.append(self.step)
             if math.isfinite(nll) and (history.best_val_nll is None or nll < history.best_val_nll):
@@ -597,17 +694,27 @@ class _Run:
         state = self.best_state
         if state is None:
             path = self.directory / "best.pt"  # a resumed run: best_step came from a checkpoint in this directory
-            checkpoint = _read_checkpoint(path)
-            if checkpoint["step"] != best:
-                raise ValueError(
-                    f"cannot restore the best state: {path} holds step {checkpoint['step']} but the run's history "
-                    f"says the best validation NLL was at step {best}; pass restore_best=False to keep the last step"
-                )
-            state = checkpoint["model"]
+
+            def read() -> dict[str, Tensor]:
+                checkpoint = _read_checkpoint(path)
+                if checkpoint["step"] != best:
+                    raise ValueError(
+                        f"cannot restore the best state: {path} holds step {checkpoint['step']} but the run's "
+                        f"history says the best validation NLL was at step {best}; pass restore_best=False to keep "
+                        "the last step"
+                    )
+                return checkpoint["model"]
+
+            state = self.world.from_rank0(read)  # rank 0 reads, the others receive
         self.model.load_state_dict(state)
         self.history.restored_step = best
 
     def save(self, name: str, rng: dict[str, Tensor], buffers: dict[str, Tensor] | None = None) -> None:
+        """Write a checkpoint (rank 0 only under torch.distributed; every rank records the step as saved)."""
+        if not self.world.writer:
+            if name == "latest.pt":
+                self.saved_step = self.step
+            return
         state = self.model.state_dict()
         for key, value in (buffers or {}).items():
             if key in state:
@@ -696,6 +803,12 @@ class _TensorSource(_Source):
     def draw(self, n: int) -> tuple[Tensor, Tensor | None]:
         return self._rows(torch.randint(self.x.shape[0], (n,), generator=self.generator))
 
+    def draw_share(self, n: int, world: World, seed: int, step: int) -> tuple[Tensor, Tensor | None]:
+        """This rank's contiguous n / W rows of the global minibatch of n that `draw` gives (every rank draws the
+        same indices from the same generator)."""
+        index = torch.randint(self.x.shape[0], (n,), generator=self.generator)
+        return self._rows(index.tensor_split(world.size)[world.rank])
+
     def probe(self, n: int) -> tuple[Tensor, Tensor | None]:
         return self._rows(torch.arange(min(n, self.x.shape[0])))
 
@@ -741,6 +854,14 @@ class _CallableSource(_Source):
         return self._finish(x, context)
 
     probe = draw
+
+    def draw_share(self, n: int, world: World, seed: int, step: int) -> tuple[Tensor, Tensor | None]:
+        """n / W fresh rows, drawn with torch's global RNG seeded from (seed, rank, step) inside a fork: the ranks
+        draw independent shares, resume needs no per-rank RNG state, and the global stream that the model may use
+        stays the same on every rank."""
+        with forked_rng(self.device):
+            torch.manual_seed(derive_seed(seed, f"data/rank {world.rank} of {world.size}/step {step}"))
+            return self.draw(n // world.size)
 
     def init_sample(self, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
         return self.draw(n)
@@ -942,8 +1063,20 @@ def _init_scale_factor(flow: Flow) -> float:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: Tensor, context: Tensor | None, batch_size: int, device: torch.device) -> float:
-    """Mean NLL of (x, context) in batches, in evaluation mode; the RNGs are left as they were."""
+def _evaluate(
+    model: nn.Module,
+    x: Tensor,
+    context: Tensor | None,
+    batch_size: int,
+    device: torch.device,
+    world: World = SINGLE_PROCESS,
+) -> float:
+    """Mean NLL of (x, context) in batches, in evaluation mode; the RNGs are left as they were. Under
+    torch.distributed each rank scores its contiguous share of the rows and the sums are added over the ranks."""
+    rows_total = x.shape[0]
+    if world.parallel:
+        x = x.tensor_split(world.size)[world.rank]
+        context = None if context is None else context.tensor_split(world.size)[world.rank]
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
     devices = [device] if device.type == "cuda" else []
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -952,7 +1085,7 @@ def _evaluate(model: nn.Module, x: Tensor, context: Tensor | None, batch_size: i
             rows = slice(start, start + batch_size)
             batch_context = None if context is None else context[rows].to(device, dtype)
             total += _log_prob(model, x[rows].to(device, dtype), batch_context).sum(dtype=torch.float64)
-    return -total.item() / x.shape[0]
+    return -world.all_reduce_sum(total).item() / rows_total
 
 
 def _floating_buffers(model: nn.Module) -> dict[str, Tensor]:
@@ -981,7 +1114,7 @@ def _checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
     return None
 
 
-def _config(model, source, val, device, settings: FitSettings) -> dict[str, Any]:
+def _config(model, source, val, device, settings: FitSettings, world: World) -> dict[str, Any]:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
     model_description = {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -996,20 +1129,38 @@ def _config(model, source, val, device, settings: FitSettings) -> dict[str, Any]
         "data": source.describe(),
         "val_data": val_description,
         "device": str(device),
+        "world_size": world.size,
         "torch": str(torch.__version__),
     }
 
 
 # -------------------------------------------------------------------------------------------------- arguments
-def _resolve_device(device: str | torch.device) -> torch.device:
+def _resolve_device(device: str | torch.device, world: World = SINGLE_PROCESS) -> torch.device:
+    """The training device. Under torch.distributed, "auto" and a bare "cuda" mean cuda:LOCAL_RANK, which becomes
+    the current CUDA device; the nccl backend needs CUDA."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'auto' or a torch device; got {device!r}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available")
+    if world.parallel:
+        if device.type == "cuda":
+            if device.index is None:
+                device = torch.device("cuda", local_rank())
+            if device.index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"rank {world.rank} would train on {device}, but this node has {torch.cuda.device_count()} CUDA "
+                    "devices: start at most that many processes per node (torchrun --nproc_per_node)"
+                )
+            torch.cuda.set_device(device)
+        elif world.backend == "nccl":
+            raise ValueError(
+                f"the process group uses the nccl backend, which needs CUDA tensors, but fit would train on {device}: "
+                "initialise the group with backend='gloo' to train on CPUs, or train on CUDA"
+            )
     return device
 
 

@@ -663,10 +663,15 @@ def fit_maxent(
     mixtures = [module for module in flow.modules() if isinstance(module, MixtureOfGaussians)]
     if estimator not in ("auto", None):
         raise ValueError(f'estimator must be "auto" or None; got {estimator!r}')
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and final_lr == "auto":
-        final_lr = lr / FINAL_LR_RATIO
-    if isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and max_penalty == "auto":
-        max_penalty = PENALTY_CAP_RATIO * penalty
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    # "auto" follows lr and penalty; a bad lr or penalty is then MaxEntSettings' error to name, not final_lr's
+    if final_lr == "auto":
+        final_lr = lr / FINAL_LR_RATIO if number(lr) else None
+    if max_penalty == "auto":
+        max_penalty = PENALTY_CAP_RATIO * penalty if number(penalty) else None
     for name, value in (("final_lr", final_lr), ("max_penalty", max_penalty)):
         if isinstance(value, str):
             raise ValueError(f'{name} must be "auto", None or a number; got {value!r}')

@@ -49,6 +49,7 @@ __all__ = [
     "HELDOUT",
     "heldout_problem",
     "heldout_flow",
+    "fit_and_measure",
     "exponential_family_1d",
     "gaussian_problem",
     "asymmetric_bimodal_problem",
@@ -256,27 +257,26 @@ def spec_key(spec: HeldoutSpec) -> str:
     return f"{spec.problem}-{spec.seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def run_heldout(spec: HeldoutSpec) -> dict:
-    """Train with the defaults only and measure the delivered flow against the exact answer."""
+def fit_and_measure(flow, problem: MaxEntProblem, *, steps: int, seed: int, eval_samples: int, **settings) -> tuple:
+    """`fit_maxent(flow, problem.statistic, problem.target, steps=steps, seed=seed, **settings)` (its not-converged
+    warning silenced: the row records `converged`), then the delivered flow against the exact answer on
+    `eval_samples` fresh exact samples (torch seeded with 10 000 + seed). Returns (row, result), the row holding
+    the entropy, its gap, KL(q‖p), the largest standardised violation, converged, steps taken and seconds."""
     import warnings
 
     from ..maxent import MaxEntNotConvergedWarning, fit_maxent
 
-    problem = heldout_problem(spec.problem)
-    flow = heldout_flow(spec.problem, spec.seed)
     began = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MaxEntNotConvergedWarning)  # recorded in the row
-        result = fit_maxent(flow, problem.statistic, problem.target, steps=spec.steps, seed=spec.seed, progress=False)
+        result = fit_maxent(flow, problem.statistic, problem.target, steps=steps, seed=seed, progress=False, **settings)
     seconds = time.perf_counter() - began
-    torch.manual_seed(10_000 + spec.seed)
+    torch.manual_seed(10_000 + seed)
     with torch.no_grad():
-        x = flow.sample(spec.eval_samples)
+        x = flow.sample(eval_samples)
         log_q = flow.log_prob(x).double()
     kl, kl_error = kl_from_samples(log_q, problem.log_prob(x.double()))
-    return {
-        "problem": spec.problem,
-        "seed": spec.seed,
+    row = {
         "entropy": result.entropy,
         "true_entropy": problem.entropy,
         "entropy_gap": abs(result.entropy - problem.entropy),
@@ -287,6 +287,15 @@ def run_heldout(spec: HeldoutSpec) -> dict:
         "steps_taken": result.steps,
         "seconds": seconds,
     }
+    return row, result
+
+
+def run_heldout(spec: HeldoutSpec) -> dict:
+    """Train with the defaults only and measure the delivered flow against the exact answer."""
+    problem = heldout_problem(spec.problem)
+    flow = heldout_flow(spec.problem, spec.seed)
+    row, _ = fit_and_measure(flow, problem, steps=spec.steps, seed=spec.seed, eval_samples=spec.eval_samples)
+    return {"problem": spec.problem, "seed": spec.seed, **row}
 
 
 CSV_COLUMNS = [

@@ -21,8 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +32,8 @@ from ..flows import build_flow
 from ..mixture import MixtureOfGaussians
 from ..simplex import simplex_flow
 from . import report
-from .maxent_problems import bimodal_problem, dirichlet_problem, kl_from_samples
+from .maxent_heldout import fit_and_measure
+from .maxent_problems import bimodal_problem, dirichlet_problem
 from .runner import run_many
 
 __all__ = ["CANDIDATES", "CHOSEN", "DEVELOPMENT", "TuningSpec", "run_tuning", "summarize", "main"]
@@ -96,8 +95,6 @@ def spec_key(spec: TuningSpec) -> str:
 
 
 def run_tuning(spec: TuningSpec) -> dict:
-    from ..maxent import MaxEntNotConvergedWarning, fit_maxent
-
     problem = development_problem(spec.problem)
     settings = dict(CANDIDATES[spec.candidate])
     estimator = settings.pop("estimator", None)
@@ -109,41 +106,11 @@ def run_tuning(spec: TuningSpec) -> dict:
                 module.estimator = estimator
     if spec.problem == "dirichlet":
         flow = simplex_flow(flow)
-    began = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MaxEntNotConvergedWarning)  # recorded in the row
-        result = fit_maxent(
-            flow,
-            problem.statistic,
-            problem.target.float(),
-            steps=spec.steps,
-            seed=spec.seed,
-            progress=False,
-            estimator=None,
-            **settings,
-        )
-    seconds = time.perf_counter() - began
-    torch.manual_seed(10_000 + spec.seed)
-    with torch.no_grad():
-        x = flow.sample(spec.eval_samples)
-        log_q = flow.log_prob(x).double()
-    kl, kl_error = kl_from_samples(log_q, problem.log_prob(x.double()))
-    return {
-        "candidate": spec.candidate,
-        "problem": spec.problem,
-        "seed": spec.seed,
-        "entropy": result.entropy,
-        "true_entropy": problem.entropy,
-        "entropy_gap": abs(result.entropy - problem.entropy),
-        "kl": kl,
-        "kl_std_error": kl_error,
-        "max_standardized_violation": result.standardized_violation.abs().max().item(),
-        "stationarity": result.stationarity,
-        "converged": int(result.converged),
-        "steps_taken": result.steps,
-        "final_penalty": result.penalty,
-        "seconds": seconds,
-    }
+    row, result = fit_and_measure(
+        flow, problem, steps=spec.steps, seed=spec.seed, eval_samples=spec.eval_samples, estimator=None, **settings
+    )
+    extra = {"stationarity": result.stationarity, "final_penalty": result.penalty}
+    return {"candidate": spec.candidate, "problem": spec.problem, "seed": spec.seed, **row, **extra}
 
 
 CSV_COLUMNS = [

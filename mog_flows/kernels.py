@@ -24,8 +24,6 @@ Seed 002's four costs for learning mixture centres from data x (N, D) (`scalar_c
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -193,12 +191,18 @@ def cauchy_schwarz_divergence(p: dict[str, Tensor], q: dict[str, Tensor]) -> Ten
 
 # ---------------------------------------------------------------------------------------------------- seed 002 costs
 # Reconstructions: seed 002 is only an abstract (the paper is not available here). Its four "kernelized matrix costs"
-# for learning the centres φ_k = N(μ_k, Σ_k) of a mixture against data x_1..x_N are rebuilt below from the Gaussian
-# Gram matrix G_kl = ⟨φ_k, φ_l⟩ = N(μ_k; μ_l, Σ_k + Σ_l) (K, K), the cross-correlation B_kn = ⟨φ_k, ψ_n⟩ =
-# N(μ_k; x_n, Σ_k + s I) (K, N) with the data kernels ψ_n = N(x_n, s I) of bandwidth s = `data_variance`, and their
-# Gram H_nm = N(x_n; x_m, 2 s I) (N, N). The data density is the kernel estimate q = (1/N) Σ_n ψ_n. Each cost lies in
-# [0, 1] and is 0 at its optimum. Without the bandwidth (ψ_n a point mass) centres shrinking onto data points would
-# drive every cost to its optimum; with it they do not (tests/test_kernels.py checks this).
+# for learning the centres φ_k = N(μ_k, Σ_k) of a mixture p = Σ w_k φ_k against data x_1..x_N are rebuilt below from
+# the Gaussian Gram matrix G_kl = ⟨φ_k, φ_l⟩ = N(μ_k; μ_l, Σ_k + Σ_l) (K, K), the cross-correlation
+# B_kn = ⟨φ_k, ψ_n⟩ = N(μ_k; x_n, Σ_k + s I) (K, N) with the data kernels ψ_n = N(x_n, s I) of bandwidth
+# s = `data_variance`, and their Gram H_nm = N(x_n; x_m, 2 s I) (N, N). The data density is the kernel estimate
+# q = (1/N) Σ_n ψ_n. Each cost lies in [0, 1] and is 0 at its optimum.
+#
+# The two matrix costs do not project the single data kernels ψ_n: Σ_n ‖ψ_n - Proj ψ_n‖² is a Nyström-type error
+# whose best centres are as narrow as the data kernels (one centre on N(0, v) data: variance sqrt(s² + 2 s v), which
+# tends to 0 with s), so it does not measure how well p fits the density. They project instead the K parts of q that
+# the centres are responsible for, q_l = (1/N) Σ_n r_nl ψ_n with r_nl = w_l B_ln / Σ_k w_k B_kn (Σ_l q_l = q): each
+# part is density-like, so the optimum is p's fit to q (for K = 1 both reduce to the Cauchy–Schwarz ratio), and
+# centres shrinking onto data points drive the costs towards 1, not 0 (tests/test_kernels.py checks both).
 
 
 def _centres_and_data(params: dict[str, Tensor], data: Tensor, data_variance: float) -> tuple[tuple, tuple]:
@@ -221,11 +225,6 @@ def _whitened_cross(centres: tuple, kde: tuple, jitter: float) -> Tensor:
     chol = torch.linalg.cholesky(gram + jitter * torch.diagonal(gram).mean() * eye)
     cross = _log_gaussian_pairs(centres, kde).exp()
     return torch.linalg.solve_triangular(chol, cross, upper=False)
-
-
-def _trace_data_gram(data: Tensor, data_variance: float) -> float:
-    """tr(H) = N ‖ψ_n‖² = N (4π s)^{-D/2}."""
-    return data.shape[0] * (4 * math.pi * data_variance) ** (-data.shape[-1] / 2)
 
 
 def scalar_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float) -> Tensor:
@@ -252,24 +251,51 @@ def vector_matrix_cost(
     return 1 - (projected**2).sum() / norm_q
 
 
-def schur_trace_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float, jitter: float = 1e-6) -> Tensor:
-    """tr(H - Bᵀ G⁻¹ B) / tr(H): the trace of the Schur complement of G in the joint Gram [[G, B], [Bᵀ, H]].
+def _responsibility_blocks(params: dict[str, Tensor], data: Tensor, data_variance: float, jitter: float):
+    """The whitened cross-correlation L⁻¹ C (K, K) of the centres with the data parts q_l, and their Gram H (K, K).
 
-    The summed squared residuals of projecting every data kernel ψ_n onto span{φ_k}, relative to Σ ‖ψ_n‖².
-    Weights ignored. Reconstruction of seed 002's matrix-matrix cost.
+    C_kl = ⟨φ_k, q_l⟩ = (1/N) Σ_n B_kn r_nl and H_lm = ⟨q_l, q_m⟩ = (1/N²) rᵀ H_data r (module comment).
     """
     centres, kde = _centres_and_data(params, data, data_variance)
-    whitened = _whitened_cross(centres, kde, jitter)  # (K, N)
-    return 1 - (whitened**2).sum() / _trace_data_gram(data, data_variance)
+    log_cross = _log_gaussian_pairs(centres, kde)  # log B, (K, N)
+    resp = torch.softmax(log_cross, dim=0)  # r_nl as (K, N): columns sum to 1
+    gram = _log_gaussian_pairs(centres, centres).exp()
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    chol = torch.linalg.cholesky(gram + jitter * torch.diagonal(gram).mean() * eye)
+    n = data.shape[0]
+    cross = log_cross.exp() @ resp.T / n  # C, (K, K)
+    parts_gram = resp @ _log_gaussian_pairs(kde, kde).exp() @ resp.T / n**2  # H, (K, K)
+    return torch.linalg.solve_triangular(chol, cross, upper=False), parts_gram
+
+
+def _trace_sqrt(psd: Tensor) -> Tensor:
+    """tr(M^{1/2}) of a symmetric PSD M from its eigenvalues (clamped at 0; finite gradients at 0 eigenvalues)."""
+    values = torch.linalg.eigvalsh(0.5 * (psd + psd.T))
+    floor = torch.finfo(psd.dtype).eps * values.abs().max().detach()
+    return values.clamp_min(floor).sqrt().sum()
+
+
+def schur_trace_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float, jitter: float = 1e-6) -> Tensor:
+    """tr(H - Cᵀ G⁻¹ C) / tr(H): the trace of the Schur complement of G in the joint Gram [[G, C], [Cᵀ, H]].
+
+    The columns are the parts q_l of the data's kernel estimate that the centres are responsible for (module comment),
+    so this is Σ_l ‖q_l - Proj q_l‖² / Σ_l ‖q_l‖², the relative squared L2 residual of projecting every part onto
+    span{φ_k}. Weights ignored. Costs O(N² D) per call (the data Gram). A
+    reconstruction of seed 002's matrix-matrix cost (the paper was not available): its columns are this project's
+    choice, made so that the cost measures the fit of the density (single data kernels as columns do not).
+    """
+    whitened, parts_gram = _responsibility_blocks(params, data, data_variance, jitter)
+    return 1 - (whitened**2).sum() / torch.diagonal(parts_gram).sum()
 
 
 def nuclear_norm_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float, jitter: float = 1e-6) -> Tensor:
-    """1 - ‖G^{-1/2} B‖_* / sqrt(K tr(H)), the nuclear norm of the whitened cross-correlation (in [0, 1]).
+    """1 - ‖G^{-1/2} C‖_* / ‖H^{1/2}‖_*: the nuclear norm of the whitened cross-correlation against its largest value.
 
-    ‖M‖_* ≤ sqrt(K) ‖M‖_F and ‖M‖_F² = tr(Bᵀ G⁻¹ B) ≤ tr(H). Differentiable through the SVD (unstable where
-    singular values coincide). Weights ignored. Reconstruction of seed 002's SVD cost.
+    ‖G^{-1/2} C‖_* = tr((Cᵀ G⁻¹ C)^{1/2}) and Cᵀ G⁻¹ C ≼ H (a projection), so the ratio is at most 1, with equality
+    iff every part q_l lies in span{φ_k}: the cost is in [0, 1] and 0 exactly there. (Normalising by
+    sqrt(K tr H), the Cauchy–Schwarz bound ‖M‖_* ≤ sqrt(K) ‖M‖_F, would leave the cost above 0 at a perfect fit
+    with unequal weights.) Computed from eigenvalues, so gradients stay finite where singular values coincide or
+    vanish. A reconstruction of seed 002's SVD cost, with the columns of `schur_trace_cost`.
     """
-    centres, kde = _centres_and_data(params, data, data_variance)
-    whitened = _whitened_cross(centres, kde, jitter)
-    bound = (whitened.shape[0] * _trace_data_gram(data, data_variance)) ** 0.5
-    return 1 - torch.linalg.matrix_norm(whitened, ord="nuc") / bound
+    whitened, parts_gram = _responsibility_blocks(params, data, data_variance, jitter)
+    return 1 - _trace_sqrt(whitened.T @ whitened) / _trace_sqrt(parts_gram)

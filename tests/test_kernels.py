@@ -324,15 +324,19 @@ def test_kernel_costs_match_explicit_block_matrices():
     mu, x = p["means"].numpy(), data.numpy()
     gram = np.array([[multivariate_normal.pdf(mu[k], mu[l], cov[k] + cov[l]) for l in range(3)] for k in range(3)])
     cross = np.array([multivariate_normal.pdf(x, mu[k], cov[k] + s * np.eye(2)) for k in range(3)])  # (K, N)
-    trace_h = len(x) * multivariate_normal.pdf(x[0], x[0], 2 * s * np.eye(2))
-    schur = 1 - np.trace(cross.T @ np.linalg.solve(gram, cross)) / trace_h
-    assert schur_trace_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(schur, rel=1e-8)
+    h_data = np.array([multivariate_normal.pdf(x, x[n], 2 * s * np.eye(2)) for n in range(len(x))])  # (N, N)
     b = cross.mean(-1)
-    norm_q = np.mean([multivariate_normal.pdf(x, x[n], 2 * s * np.eye(2)) for n in range(len(x))])
+    norm_q = h_data.mean()
     vector = 1 - b @ np.linalg.solve(gram, b) / norm_q
     assert vector_matrix_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(vector, rel=1e-8)
-    singular = np.linalg.svd(np.linalg.solve(np.linalg.cholesky(gram), cross), compute_uv=False)
-    nuclear = 1 - singular.sum() / np.sqrt(3 * trace_h)
+    # the matrix costs' columns: the parts q_l = (1/N) Σ_n r_nl ψ_n with r_nl ∝ B_ln (weights ignored)
+    resp = cross / cross.sum(0)  # (K, N)
+    c = cross @ resp.T / len(x)  # ⟨φ_k, q_l⟩
+    h = resp @ h_data @ resp.T / len(x) ** 2  # ⟨q_l, q_m⟩
+    schur = 1 - np.trace(c.T @ np.linalg.solve(gram, c)) / np.trace(h)
+    assert schur_trace_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(schur, rel=1e-8)
+    singular = np.linalg.svd(np.linalg.solve(np.linalg.cholesky(gram), c), compute_uv=False)
+    nuclear = 1 - singular.sum() / np.sqrt(np.linalg.eigvalsh(h).clip(0)).sum()
     assert nuclear_norm_cost(p, data, data_variance=s, jitter=0.0).item() == pytest.approx(nuclear, rel=1e-8)
 
 
@@ -424,18 +428,36 @@ def best_single_variance(cost, data, s):
 
 
 @pytest.mark.parametrize("s", [0.01, 0.1, 0.5])
-def test_one_centre_optimal_variance_shows_which_costs_fit_the_density(s):
-    # Gaussian data of variance v, one centre at its mean. The scalar and vector-matrix costs fit the kernel
-    # estimate q = N(0, v + s): their best centre variance is v + s. The Schur-trace and nuclear-norm costs (equal
-    # for K = 1) project each data kernel ψ_n on the centre separately; maximising Σ_n ⟨φ, ψ_n⟩² / ‖φ‖² gives
-    # t = sqrt(s² + 2 s v), which tends to 0 with the bandwidth: they measure how well the centre reproduces single
-    # data kernels, not the density, and their centres are too narrow for any s < v (√2 - 1).
+def test_one_centre_optimal_variance_fits_the_density_for_every_cost(s):
+    # Gaussian data of variance v, one centre at its mean: every cost fits the kernel estimate q = N(0, v + s), so
+    # the best centre variance is v + s. (Projecting the single data kernels ψ_n instead, as the matrix costs once
+    # did, gives sqrt(s² + 2 s v), which tends to 0 with the bandwidth.)
     v = 1.0
     data = quantile_draws(400, v)
-    for cost in (scalar_cost, vector_matrix_cost):
-        assert best_single_variance(cost, data, s) == pytest.approx(v + s, rel=2e-3)
-    for cost in (schur_trace_cost, nuclear_norm_cost):
-        assert best_single_variance(cost, data, s) == pytest.approx(np.sqrt(s**2 + 2 * s * v), rel=2e-3)
+    for cost in COSTS:
+        assert best_single_variance(cost, data, s) == pytest.approx(v + s, rel=2e-3), cost.__name__
+
+
+@pytest.mark.parametrize("cost", [schur_trace_cost, nuclear_norm_cost], ids=lambda f: f.__name__)
+def test_matrix_costs_fit_two_separated_clusters_with_unequal_weights(cost):
+    # two clusters N(∓5, 1) with weights 0.3 / 0.7 and two centres at their means: the best common variance of the
+    # centres is the clusters' 1 + s, and at it the cost is nearly 0 (the nuclear norm's old normalisation by
+    # sqrt(K tr H) left it at 0.07 there: equality in ‖M‖_* ≤ sqrt(K) ‖M‖_F needs equal singular values)
+    from scipy.optimize import minimize_scalar
+
+    s = 0.05
+    data = torch.cat([quantile_draws(300, 1.0) - 5.0, quantile_draws(700, 1.0) + 5.0])
+    means = torch.tensor([[-5.0], [5.0]], dtype=torch.float64)
+    weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+    def value(log_t):
+        p = {"weights": weights, "means": means, "covariances": torch.full((2, 1), np.exp(log_t), dtype=torch.float64)}
+        return cost(p, data, data_variance=s).item()
+
+    best = minimize_scalar(value, bounds=(np.log(1e-4), np.log(20.0)), method="bounded")
+    assert np.exp(best.x) == pytest.approx(1 + s, rel=5e-3)
+    assert 0.0 <= best.fun < 1e-3
+    assert value(np.log(1e-3)) > 0.5  # narrow centres on the cluster means are far from the optimum
 
 
 @pytest.mark.parametrize("cost", COSTS, ids=lambda f: f.__name__)

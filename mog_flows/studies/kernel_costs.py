@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 DOUBLE = torch.float64
-_FORMAT = "kernel-costs/1"
+_FORMAT = "kernel-costs/2"  # /2: the matrix costs project responsibility parts
 
 
 def _rotation(angle: float) -> Tensor:

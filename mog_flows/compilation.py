@@ -1,5 +1,5 @@
-"""Compiled training losses: the forward and backward pass of `fit`'s loss through `torch.compile`, with a fall-back
-to eager execution, announced by one warning, when compilation fails.
+"""Compiled training losses: the forward and backward pass of `fit`'s loss through `torch.compile`, checked against
+eager code, with a fall-back to eager execution, announced by one warning, when compilation fails or disagrees.
 
 Shapes: B minibatch rows, D features, C context features. The loss is the minibatch mean negative log-likelihood
 
@@ -10,8 +10,8 @@ its `state_dict` keys and checkpoints are those of an eager run); backward runs 
 it. Dynamo splits the call where Python depends on tensor values (nflows' splines test `torch.any(inside_mask)` and
 index with boolean masks; such a test becomes a graph break, the code between breaks is compiled), so nflows' flows
 compile piecewise rather than fail. Compiled gradients are checked against eager ones before they are used
-(`TrainingLoss`). The optimiser step, gradient clipping and the gradient all-reduce of a
-data-parallel run stay eager.
+(`TrainingLoss`). The optimiser step, gradient clipping and the gradient all-reduce of a data-parallel run stay
+eager.
 
 Random numbers: with the inductor backend the compiled graphs draw from torch's global RNG as eager code does
 (inductor's `fallback_random`), so a model whose `log_prob` draws random numbers (dropout) consumes the same stream
@@ -37,8 +37,9 @@ Forward = Callable[[Tensor, Tensor | None], Tensor]
 
 
 class CompileFallbackWarning(UserWarning):
-    """`fit(compile=...)` could not compile the loss (no C++ compiler for inductor, an operation Dynamo or the
-    backend does not support, an error inside torch.compile) and trains eagerly instead; the message says why."""
+    """`fit(compile=...)` could not use the compiled loss (no C++ compiler for inductor, an operation Dynamo or the
+    backend does not support, an error inside torch.compile, or a loss or gradients other than eager code computes)
+    and trains eagerly instead; the message says why."""
 
 
 def check_compile(value: bool | str) -> bool | str:

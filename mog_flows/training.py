@@ -7,7 +7,9 @@ minibatch and takes an Adam step on the mean negative log-likelihood
 
 with a cosine learning-rate decay over the run and gradient-norm clipping. A flow's mixture base has its own Adam
 parameter group, at `base_lr_factor` × lr. Under `torch.distributed` the same run is trained data-parallel, each of
-the W ranks computing B / W rows of every minibatch (`fit`'s docstring, and `mog_flows.distributed`).
+the W ranks computing B / W rows of every minibatch (`fit`'s docstring, and `mog_flows.distributed`). With
+`compile=True` the loss and its gradients go through `torch.compile`, checked against eager ones before they are
+used (`mog_flows.compilation`).
 
 A checkpoint directory holds
 
@@ -63,6 +65,7 @@ from .checks import (
     check_positive_number,
     check_seed,
 )
+from .compilation import CompileFallbackWarning, TrainingLoss, check_compile
 from .distributed import SINGLE_PROCESS, World, current_world, local_rank
 from .mixture import MixtureOfGaussians
 from .nflows_adapters import distribution_features, embed_context, flow_base, flow_transform, transform_layers
@@ -95,6 +98,7 @@ __all__ = [
     "fit",
     "initialize_base",
     "DataOutsideTailBoundWarning",
+    "CompileFallbackWarning",
     "FitSettings",
     "History",
     "TrainingDivergedError",
@@ -212,8 +216,11 @@ class FitSettings:
     base_lr_factor: float = BASE_LR_FACTOR
     schedule: str = "cosine"
     checkpoint_every: int = 100
+    compile: bool | str = False
 
-    # what changes the trajectory (checkpoint_every does not); "model" and "data" describe what is trained
+    # what changes the trajectory (checkpoint_every does not; nor does compile, which changes the rounding of the
+    # loss and gradients, not what they are: a run may be resumed with or without it); "model" and "data" describe
+    # what is trained
     RESUME_KEYS = (
         "steps",
         "batch_size",
@@ -235,6 +242,7 @@ class FitSettings:
         check_positive_int("checkpoint_every", self.checkpoint_every)
         check_seed(self.seed)
         check_bool("init_base", self.init_base)
+        check_compile(self.compile)
         # Python numbers, so that the config is plain JSON and compares exactly across calls
         object.__setattr__(self, "lr", float(check_positive_number("lr", self.lr)))
         object.__setattr__(self, "base_lr_factor", float(check_positive_number("base_lr_factor", self.base_lr_factor)))
@@ -271,6 +279,7 @@ def fit(
     temperature_schedule: tuple[float, float] | None = None,
     max_grad_norm: float | None = 5.0,
     base_lr_factor: float = BASE_LR_FACTOR,
+    compile: bool | str = False,
 ) -> History:
     """Train `model` by maximum likelihood on `data` for `steps` steps; returns the `History`.
 
@@ -319,6 +328,21 @@ def fit(
             alone, a conditional mixture base, other bases). Adam moves each parameter by about lr per step, which
             suits network weights but not means and log-scales in the data's units (what was measured: the
             comment on `BASE_LR_FACTOR`).
+        compile: True, or the name of a `torch.compile` backend ("inductor", which True means, "aot_eager", ...):
+            compute each step's loss and its gradients through `torch.compile` (`mog_flows.compilation`: the call
+            `model.log_prob` and its mean are compiled, the model is not wrapped, validation and the probes before
+            training stay eager). The first `VERIFY_STEPS` = 5 compiled steps of each call are checked against the
+            eager pass on the same minibatch and keep the eager results; the run then goes on compiled, equal to
+            the eager run up to floating-point rounding (fused kernels round differently), with random numbers in
+            `log_prob` drawn as eager code draws them. The first step pays the compilation (seconds to minutes on a
+            CPU, less from inductor's on-disk cache). When compilation fails (no C++ compiler, an operation the
+            compiler does not support, a Dynamo error) or the check finds other numbers than eager code computes
+            (inductor in torch 2.13 on a CPU, for nflows' spline gradients), the step is computed eagerly and the
+            run goes on eagerly after one `CompileFallbackWarning` saying why. Not part of what a checkpoint must
+            match: a run saved compiled resumes eagerly and vice versa (equal to the uninterrupted run up to that
+            rounding). Under torch.distributed each rank compiles its own loss; the gradient averaging stays
+            outside the compiled code. What it gains: the benchmark page of the docs (on a CPU, nothing for a
+            small NSF, whose splines split the graph where they test tensor values).
 
     Distributed training: when `torch.distributed` is initialised with W > 1 processes (e.g. under `torchrun
     --nproc_per_node W`), every rank calls `fit` with the same model, data and arguments (the whole data set, not a
@@ -393,6 +417,7 @@ def fit(
             max_grad_norm=max_grad_norm,
             base_lr_factor=base_lr_factor,
             checkpoint_every=checkpoint_every,
+            compile=compile,
         )
         if settings.batch_size % world.size:
             raise ValueError(
@@ -464,6 +489,7 @@ class _Run:
         self.saved_step: int | None = None  # step of the latest.pt on disk
         self.best_state: dict[str, Tensor] | None = None  # the model's state at history.best_step, in this call
         self._blowup = _BlowUp()
+        self.loss = TrainingLoss(model, settings.compile, device)
 
     # ---------------------------------------------------------------- start: fresh or resumed
     def start(self) -> None:
@@ -613,20 +639,21 @@ class _Run:
         else:
             x, context = self.source.draw(self.settings.batch_size)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = -_log_prob(self.model, x, context).mean()
+        # forward and backward together, so that a compiled pass that fails in either falls back as a whole
+        loss, requires_grad = self.loss.loss_and_backward(x, context)
         if world.parallel:
             # the global minibatch mean: the mean of the ranks' means over equal shares; whether any rank's loss
             # depends on a parameter
             share = torch.stack(
                 [
-                    loss.detach().to(torch.float64),
-                    torch.tensor(float(loss.requires_grad), dtype=torch.float64, device=loss.device),
+                    loss.to(torch.float64),
+                    torch.tensor(float(requires_grad), dtype=torch.float64, device=loss.device),
                 ]
             )
             total = world.all_reduce_sum(share).tolist()
             value, trainable = total[0] / world.size, total[1] > 0
         else:
-            value, trainable = loss.item(), loss.requires_grad
+            value, trainable = loss.item(), requires_grad
         if not math.isfinite(value):
             self._diverged(f"the minibatch loss is {value}")
         blown_up = self._blowup.check(value)
@@ -639,8 +666,6 @@ class _Run:
                 "tail bound) into a base without parameters. Standardise the data (build_flow(..., standardize="
                 "x_train)) or build the flow with a larger tail_bound."
             )
-        if loss.requires_grad:
-            loss.backward()
         world.average_gradients(self.parameters)  # the mean of the ranks' gradients: the global batch's gradient
         max_norm = math.inf if self.settings.max_grad_norm is None else self.settings.max_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm).item()

@@ -1,6 +1,7 @@
 """Tests of data-parallel `fit` under torch.distributed: two gloo processes on the CPU (spawned on a free loopback
 port) end with the parameters of a single-process `fit` with the same arguments, resume exactly after an
-interruption, write files from rank 0 only, and refuse bad setups with a ValueError on every rank.
+interruption, train alike with a compiled loss, write files from rank 0 only, and refuse bad setups with a
+ValueError on every rank.
 
 Shapes: N rows, D = 2 features. One spawn runs every scenario (starting processes costs more than the runs).
 """
@@ -71,6 +72,12 @@ def scenarios(rank: int, tmp: Path) -> dict:
     history = fit(flow, x, val_data=x_val, checkpoint_dir=tmp / f"plain{rank}", temperature_schedule=SCHEDULE, **ARGS)
     out["plain"] = (state(flow), history, flow._distribution.temperature)
 
+    # each rank compiles its own loss (aot_eager: Dynamo and AOTAutograd, no code generation); the gradient
+    # all_reduce stays outside the compiled code
+    flow = make_flow(seed=1 + rank)
+    fit(flow, x, val_data=x_val, temperature_schedule=SCHEDULE, compile="aot_eager", **ARGS)
+    out["compiled"] = state(flow)
+
     flow = make_flow(seed=1 + rank)
     fail_in_training(flow, FAIL_AT)
     try:
@@ -139,6 +146,13 @@ def test_two_ranks_end_with_the_single_process_parameters(ranks):
         assert history.val_nll == pytest.approx(expected.val_nll, rel=1e-9)
         assert (history.best_step, history.restored_step) == (expected.best_step, expected.restored_step)
     assert max_difference(results[0]["plain"][0], results[1]["plain"][0]) == 0.0
+
+
+def test_a_compiled_loss_trains_alike_under_ddp(ranks):
+    results, _ = ranks
+    for result in results:
+        assert max_difference(result["compiled"], result["plain"][0]) <= 1e-10  # float64 rounding
+    assert max_difference(results[0]["compiled"], results[1]["compiled"]) == 0.0
 
 
 def test_resume_under_ddp_is_exact(ranks):

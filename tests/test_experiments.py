@@ -24,6 +24,21 @@ def test_benchmark_quick_runs(tmp_path):
     assert "| mog_flows |" in table and "| torch |" in table
 
 
+@pytest.mark.slow
+def test_compile_benchmark_quick_runs(tmp_path):
+    """The compiled-step benchmark with a tiny flow and the aot_eager backend (no code generation; still ~30 s of
+    tracing and timing on a loaded 2-core machine: slow)."""
+    done = run_script(ROOT / "benchmarks" / "bench_compile.py", "--quick", "--backends", "aot_eager", "--out", tmp_path)
+    table = (tmp_path / "bench_compile.md").read_text()
+    assert "| cpu | mog | eager |" in table and "| cpu | mog | compiled | aot_eager |" in table
+    assert "cuda: skipped" in table or "| cuda" in table
+    assert "compiled/eager steps per second" in done.stdout
+    with open(tmp_path / "bench_compile.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["mode"] for row in rows if row["device"] == "cpu"] == ["eager", "compiled"]
+    assert float(rows[1]["grad_rel_error"]) <= 1e-5  # aot_eager computes what eager code computes
+
+
 @pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebook_runs_with_smoke_settings(notebook):
     nbformat = pytest.importorskip("nbformat")

@@ -33,6 +33,7 @@ the folder given as `--out`.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -347,13 +348,23 @@ def run_comparison(
     workers: int = 1,
     on_result: Callable[[int, int, dict[str, Any]], None] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    executor: concurrent.futures.Executor | None = None,
 ) -> list[dict[str, Any]]:
     """`run_one` for every spec, through `study_runner.run_many`: rows in the order of `specs`, one torch thread
-    per run, a pool of `workers` spawned processes (longest runs first) when `workers > 1`, `on_result(done, total,
-    row)` as each run finishes. With `cache_dir`, each finished row is saved there at once
-    (`<spec_key(spec)>.pt`) and specs whose row is already there are not run again: a comparison that was killed
-    resumes where it stopped."""
-    return run_many(specs, run_one, key=spec_key, workers=workers, on_result=on_result, cache_dir=cache_dir, cost=_cost)
+    per run, a pool of `workers` spawned processes (longest runs first) when `workers > 1`, or any
+    `concurrent.futures.Executor` (`executor`, e.g. a dask client's `get_executor()`), `on_result(done, total, row)`
+    as each run finishes. With `cache_dir`, each finished row is saved there at once (`<spec_key(spec)>.pt`) and
+    specs whose row is already there are not run again: a comparison that was killed resumes where it stopped."""
+    return run_many(
+        specs,
+        run_one,
+        key=spec_key,
+        workers=workers,
+        on_result=on_result,
+        cache_dir=cache_dir,
+        cost=_cost,
+        executor=executor,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- reductions

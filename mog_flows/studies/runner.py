@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ def _run_indexed(item: tuple[int, Any, Callable[[Any], Row]]) -> tuple[int, Row]
     return index, run(spec)
 
 
-def _run_on_one_thread(item: tuple[int, Any, Callable[[Any], Row]]) -> tuple[int, Row]:
-    """`_run_indexed` with one torch thread, restored afterwards (an executor's worker may run other work)."""
+def _run_on_one_thread(item: tuple[int, Any, Callable[[Any], Row]], submission: str = "") -> tuple[int, Row]:
+    """`_run_indexed` with one torch thread, restored afterwards (an executor's worker may run other work).
+    `submission` is unused: it tells the calls of one `run_many` from another's (see `_run_on_executor`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -139,7 +141,11 @@ def run_many(
 
 
 def _run_on_executor(executor, items, rows, keys, cache, on_result, already) -> list[Row]:
-    futures = [executor.submit(_run_on_one_thread, item) for item in items]
+    # dask names a task by its function and arguments (`pure=True`, the default of `client.get_executor()`): without
+    # a token per call, a study resumed on the same client after an interruption would submit the tasks the
+    # interrupted call cancelled under their old names, and dask answers those with CancelledError
+    submission = uuid.uuid4().hex
+    futures = [executor.submit(_run_on_one_thread, item, submission) for item in items]
     try:
         for done, future in enumerate(concurrent.futures.as_completed(futures), start=already + 1):
             index, row = future.result()

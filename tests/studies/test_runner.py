@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -97,9 +99,67 @@ def test_an_executor_and_workers_are_not_both_taken():
         run_many([1], square, key=key, executor=3)
 
 
-def test_a_dask_local_cluster_runs_the_specs(tmp_path):
+TIMING = ("train_seconds", "seconds_per_step")  # the only columns that differ between two runs of a spec
+
+
+def quick_comparison_specs() -> list:
+    """The specs of `compare_bases --quick` (its targets, transforms and models), at tiny sizes and steps."""
+    from mog_flows.studies import comparison
+
+    tiny = dict(steps=4, batch_size=32, hidden_features=8, num_layers=2, num_train=200, num_val=50, num_test=100)
+    transforms = comparison.QUICK["transforms"]
+    return [
+        comparison.RunSpec(dataset, base, transform, seed=seed, checkpoint_every=2, **tiny)
+        for dataset in comparison.QUICK["datasets"]
+        for transform in transforms
+        for seed in comparison.QUICK["seeds"]
+        for base in (*comparison.BASES, "mixture")
+        if base != "mixture" or transform == transforms[0]
+    ]
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    """The rows without their timing columns, NaN written "nan" (so that equal rows compare equal)."""
+
+    def plain(value):
+        return "nan" if isinstance(value, float) and math.isnan(value) else value
+
+    timing = lambda key: key in TIMING or key.startswith("seconds_per_step")  # noqa: E731 - summaries too
+    return [{k: plain(v) for k, v in row.items() if not timing(k)} for row in rows]
+
+
+def test_a_dask_local_cluster_runs_the_quick_comparison_as_the_process_pool_does_and_resumes(tmp_path):
+    """The quick comparison through `client.get_executor()` of a real dask LocalCluster (two worker processes of
+    one thread on loopback): the same rows and table as the default process pool, a row cache filled as runs end,
+    and a study stopped after its first row that resumes from that cache."""
     distributed = pytest.importorskip("dask.distributed")
+    from mog_flows.studies import comparison
+
+    specs = quick_comparison_specs()
+    assert len(specs) == 15 and {s.dataset for s in specs} == {"eight_gaussians", "grid", "rings"}
+    pooled = comparison.run_comparison(specs, workers=2)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_the_first(done, total, row):
+        raise Stop
+
+    cache = tmp_path / "cache"
+    done = []
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1") as cluster:
         with distributed.Client(cluster) as client:
-            rows = run_many([3, 1], square, key=key, cache_dir=tmp_path, executor=client.get_executor())
-    assert [row["square"].item() for row in rows] == [9.0, 1.0]
+            with pytest.raises(Stop):  # an interrupted study: the other runs are cancelled
+                comparison.run_comparison(
+                    specs, cache_dir=cache, executor=client.get_executor(), on_result=stop_after_the_first
+                )
+            cached = len(list(cache.glob("*.pt")))
+            assert cached == 1
+            rows = comparison.run_comparison(
+                specs, cache_dir=cache, executor=client.get_executor(), on_result=lambda d, n, row: done.append(d)
+            )
+    assert sorted(done) == list(range(cached + 1, len(specs) + 1))  # only the runs missing from the cache ran
+    assert len(list(cache.glob("*.pt"))) == len(specs)
+    assert without_timing(rows) == without_timing(pooled)  # the same numbers, row for row, in the order of specs
+    assert without_timing(comparison.summarize(rows)) == without_timing(comparison.summarize(pooled))
+    assert all(row["error"] == "" for row in rows)

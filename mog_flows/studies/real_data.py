@@ -38,7 +38,8 @@ Models (`MODELS`):
   chosen by 5-fold `GridSearchCV` over a log grid.
 - `nsf_mog_prescaled` (galaxies and diamonds, `UNITS_CHECK_DATASETS`: the units check): the `nsf_mog` flow built
   without `standardize` and trained on the data standardised by hand with the same mean and std and the same
-  seed; its held-out log-likelihood is brought back to raw units by hand. It should equal `nsf_mog`'s to within 0.01 nats per point.
+  seed; its held-out log-likelihood is brought back to raw units by hand. It should equal `nsf_mog`'s to within
+  0.01 nats per point.
 - The rest of the units check (the same data sets, `CHECKS`): `nsf_mog_prescaled_perturbed` is `nsf_mog_prescaled` on
   standardised data multiplied by 1 + 2^-20 (a change of 1e-6, fifty times below the rounding of the data, which
   are whole km/s around 2e4): how far a change nobody would call a change moves the same training. The `_f64`

@@ -224,11 +224,15 @@ def _centres_and_data(params: dict[str, Tensor], data: Tensor, data_variance: fl
 
 def _whitened_cross(centres: tuple, kde: tuple, jitter: float) -> Tensor:
     """L⁻¹ B with L Lᵀ = G + jitter · mean(diag G) I, shape (K, N)."""
+    cross = _log_gaussian_pairs(centres, kde).exp()
+    return torch.linalg.solve_triangular(_gram_factor(centres, jitter), cross, upper=False)
+
+
+def _gram_factor(centres: tuple, jitter: float) -> Tensor:
+    """L with L Lᵀ = G + jitter · mean(diag G) I, the Cholesky factor of the centres' Gram matrix (K, K)."""
     gram = _log_gaussian_pairs(centres, centres).exp()
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    chol = torch.linalg.cholesky(gram + jitter * torch.diagonal(gram).mean() * eye)
-    cross = _log_gaussian_pairs(centres, kde).exp()
-    return torch.linalg.solve_triangular(chol, cross, upper=False)
+    return torch.linalg.cholesky(gram + jitter * torch.diagonal(gram).mean() * eye)
 
 
 def scalar_cost(params: dict[str, Tensor], data: Tensor, *, data_variance: float) -> Tensor:
@@ -263,13 +267,10 @@ def _responsibility_blocks(params: dict[str, Tensor], data: Tensor, data_varianc
     centres, kde = _centres_and_data(params, data, data_variance)
     log_cross = _log_gaussian_pairs(centres, kde)  # log B, (K, N)
     resp = torch.softmax(log_cross, dim=0)  # r_nl as (K, N): columns sum to 1
-    gram = _log_gaussian_pairs(centres, centres).exp()
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    chol = torch.linalg.cholesky(gram + jitter * torch.diagonal(gram).mean() * eye)
     n = data.shape[0]
     cross = log_cross.exp() @ resp.T / n  # C, (K, K)
     parts_gram = resp @ _log_gaussian_pairs(kde, kde).exp() @ resp.T / n**2  # H, (K, K)
-    return torch.linalg.solve_triangular(chol, cross, upper=False), parts_gram
+    return torch.linalg.solve_triangular(_gram_factor(centres, jitter), cross, upper=False), parts_gram
 
 
 def _trace_sqrt(psd: Tensor) -> Tensor:

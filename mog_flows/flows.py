@@ -268,17 +268,21 @@ def build_flow(
     distribution = _make_base(features, base, num_components, layer_context, hidden_features, dict(base_kwargs))
 
     layers = [] if x_data is None else [_standardizing_transform(x_data, features)]
+    net = torch.arange(features)  # net[j]: the input feature at position j after the permutations so far
+    transformed = None  # the input features the previous coupling transformed
     for index in range(num_layers):
         if features > 1:
-            layers.append(ReversePermutation(features) if index % 2 == 0 else RandomPermutation(features))
-        layers.append(_make_layer(transform, features, index, hidden_features, layer_context, num_bins, tail_bound))
+            permutation = ReversePermutation(features) if index % 2 == 0 else RandomPermutation(features)
+            layers.append(permutation)
+            net = net[permutation_indices(permutation)]  # x[:, p1][:, p2] = x[:, p1[p2]]
+        mask = _coupling_mask(net, index, transformed)
+        transformed = net[mask.bool()]
+        layers.append(
+            _make_layer(transform, features, mask, hidden_features, layer_context, num_bins, tail_bound)
+        )
     if features > 1:
         # undo the product of the permutations, so that a new flow is the identity (a permutation in front of the
         # base would change a mixture's density; it adds nothing a learnable mixture cannot absorb)
-        net = torch.arange(features)
-        for layer in layers:
-            if isinstance(layer, Permutation):
-                net = net[permutation_indices(layer)]  # x[:, p1][:, p2] = x[:, p1[p2]]
         layers.append(Permutation(torch.argsort(net)))
     return Flow(
         CompositeTransform(layers), distribution, embedding_net, features=features, context_features=context_features
@@ -390,12 +394,25 @@ def _standardizing_transform(data: torch.Tensor, features: int) -> PointwiseAffi
     return PointwiseAffineTransform(shift=(-mean / std).to(dtype), scale=(1 / std).to(dtype))
 
 
-def _coupling_mask(features: int, index: int) -> torch.Tensor:
-    mask = torch.arange(features) % 2 == index % 2
-    return mask.long()
+def _coupling_mask(net: torch.Tensor, index: int, previous: torch.Tensor | None) -> torch.Tensor:
+    """The coupling mask (1 = transformed) of layer `index`, by position, given `net` (the input feature at each
+    position) and the input features the previous coupling transformed.
+
+    Odd layers transform exactly the input features the previous layer left unchanged, so every pair of layers
+    transforms every feature once, conditioned on all the others, whatever the random permutations drew. Even
+    layers transform the even positions (a new split of the features), or the complement of the previous layer's
+    features when that split repeats it; with D = 2 the transformed feature thus alternates. (Masks by position
+    alone left a feature untransformed by every layer in one 2-D flow in four.)"""
+    positions = (torch.arange(net.numel()) % 2 == 0).long()
+    if previous is None:
+        return positions
+    complement = (~torch.isin(net, previous)).long()
+    if index % 2 == 1 or torch.equal(torch.sort(net[positions.bool()]).values, torch.sort(previous).values):
+        return complement
+    return positions
 
 
-def _make_layer(transform, features, index, hidden_features, context_features, num_bins, tail_bound):
+def _make_layer(transform, features, mask, hidden_features, context_features, num_bins, tail_bound):
     def conditioner(in_features, out_features):
         return ResidualNet(in_features, out_features, hidden_features, context_features=context_features, num_blocks=2)
 
@@ -418,7 +435,6 @@ def _make_layer(transform, features, index, hidden_features, context_features, n
         )
         _identity_init(layer.autoregressive_net.final_layer, features, _spline_identity_bias(num_bins))
         return layer
-    mask = _coupling_mask(features, index)
     transformed = int(mask.sum())
     if transform == "nsf":
         layer = PiecewiseRationalQuadraticCouplingTransform(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from nflows.flows import Flow
+from nflows.transforms.coupling import CouplingTransform
 from torch import nn
 
 from mog_flows import MixtureOfGaussians, build_flow
@@ -88,6 +89,34 @@ def test_perturbation_moves_the_flow_away_from_the_identity(transform):
     z, logabsdet = flow_transform(flow)(x)
     assert (z - x).abs().max() > 0.05
     assert logabsdet.abs().max() > 0.05
+
+
+@pytest.mark.parametrize("transform", ["nsf", "realnvp"])
+@pytest.mark.parametrize("features", [2, 3, 4, 5])
+def test_each_pair_of_coupling_layers_transforms_every_feature_once(transform, features):
+    # Perturb one coupling at a time (the others stay the identity, up to ~1e-9): the features of x it changes are the ones
+    # it transforms. Masks by position alone, behind random permutations, left a feature untransformed by every
+    # layer in a quarter of the 2-D flows.
+    x = make_inputs(32, features)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        flow = build_flow(features, transform=transform, num_layers=4, hidden_features=8, num_components=2)
+        flow = flow.to(torch.float64)
+        couplings = [layer for layer in flow_transform(flow)._transforms if isinstance(layer, CouplingTransform)]
+        assert len(couplings) == 4
+        changed = []
+        for layer in couplings:
+            state = {key: value.clone() for key, value in layer.state_dict().items()}
+            perturb(layer, 0.5, seed=seed)
+            with torch.no_grad():
+                z, _ = flow_transform(flow)(x)
+            changed.append({d for d in range(features) if (z[:, d] - x[:, d]).abs().max() > 1e-4})
+            layer.load_state_dict(state)
+        for first, second in zip(changed[::2], changed[1::2]):
+            assert first and second and not first & second, (seed, changed)
+            assert first | second == set(range(features)), (seed, changed)
+        if features == 2:
+            assert [sorted(c) for c in changed[::2]] == [sorted(changed[0])] * 2, (seed, changed)
 
 
 # --------------------------------------------------------------------------------------------------- invertibility

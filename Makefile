@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all lint bench docs dist
+.PHONY: setup demo test test-all lint bench gpu-check docs dist
 
 # the package and its dependencies only: what `make demo` needs
 $(VENV)/.core-installed: pyproject.toml constraints.txt
@@ -36,6 +36,10 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_mixture.py
+
+# the checks that need a GPU (tests marked gpu, nccl DDP, the CUDA benchmark rows): scripts/gpu_check.sh
+gpu-check:
+	bash scripts/gpu_check.sh run
 
 docs: $(VENV)/.docs-installed
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

@@ -51,6 +51,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mog_flows import MixtureOfGaussians, build_flow
+from mog_flows.nflows_adapters import flow_base
 from mog_flows.testing import MixtureCase, adversarial_suite, spread_case
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -258,12 +259,19 @@ def implementations(covariance: str) -> dict[str, Callable[[MixtureSpec], nn.Mod
 
 # ---------------------------------------------------------------------------------------------- timing
 def round_robin_times(
-    functions: dict[str, Callable[[], object]], repeats: int, warmup: int, budget_s: float = float("inf")
+    functions: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    budget_s: float = float("inf"),
+    device: torch.device | str = "cpu",
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, `repeats` calls each after `warmup` untimed ones; calls alternate between
     functions (rotating the order each round) so that background load is shared fairly. Rounds stop early once
-    `budget_s` seconds have passed, after at least `MIN_ROUNDS` (so that a loaded machine still finishes)."""
+    `budget_s` seconds have passed, after at least `MIN_ROUNDS` (so that a loaded machine still finishes). On a
+    CUDA `device` every call is followed by a synchronisation, so that a time covers the kernels it launched."""
     names = list(functions)
+    if torch.device(device).type == "cuda":
+        functions = {name: _synchronized(function, torch.device(device)) for name, function in functions.items()}
     for name in names:
         for _ in range(warmup):
             functions[name]()
@@ -278,6 +286,15 @@ def round_robin_times(
             functions[name]()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def _synchronized(function: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    def run():
+        result = function()
+        torch.cuda.synchronize(device)
+        return result
+
+    return run
 
 
 def forward_call(model: nn.Module, x: Tensor) -> Callable[[], object]:
@@ -324,8 +341,9 @@ class Row:
         return 4.0 * self.N * self.K * self.D
 
 
-def throughput_rows(shapes, repeats: int, warmup: int, seed: int) -> list[Row]:
-    """Time and check every implementation on data sampled from one random mixture per (shape, covariance)."""
+def throughput_rows(shapes, repeats: int, warmup: int, seed: int, device: torch.device | str = "cpu") -> list[Row]:
+    """Time and check every implementation on data sampled from one random mixture per (shape, covariance). The
+    checks run on the CPU; the timed float32 models and points are then moved to `device`."""
     rows = []
     for index, (N, K, D) in enumerate(shapes):
         for covariance, inputs in ((c, i) for i in INPUTS for c in ("diagonal", "full")):
@@ -349,11 +367,13 @@ def throughput_rows(shapes, repeats: int, warmup: int, seed: int) -> list[Row]:
                     row.error_f32 = (model32.log_prob(x32).double() - upcast.log_prob(x64)).abs().max().item()
                 models32[name] = model32
                 group.append(row)
+            models32 = {n: m.to(device) for n, m in models32.items()}
+            x32 = x32.to(device)
             forward = round_robin_times(
-                {n: forward_call(m, x32) for n, m in models32.items()}, repeats, warmup, ROW_BUDGET_S
+                {n: forward_call(m, x32) for n, m in models32.items()}, repeats, warmup, ROW_BUDGET_S, device
             )
             backward = round_robin_times(
-                {n: backward_call(m, x32) for n, m in models32.items()}, repeats, warmup, ROW_BUDGET_S
+                {n: backward_call(m, x32) for n, m in models32.items()}, repeats, warmup, ROW_BUDGET_S, device
             )
             for row in group:
                 row.forward_s = statistics.median(forward[row.implementation])
@@ -521,15 +541,19 @@ def nested_memory(num_points: int, num_inner: int, seed: int) -> dict[str, float
 
 
 # ---------------------------------------------------------------------------------------------- training step
-def training_overhead(steps: int, warmup: int, seed: int) -> dict[str, float]:
-    """Median seconds per Adam step (batch 512) of a 2-D NSF with a mixture base and with a Gaussian base."""
+def training_overhead(steps: int, warmup: int, seed: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median seconds per Adam step (batch 512) of a 2-D NSF with a mixture base (`build_flow`'s default K) and
+    with a Gaussian base, on `device`."""
     torch.manual_seed(seed)
     data = make_mixture(8, 2, "diagonal", seed).sample(512 * 16, torch.Generator().manual_seed(seed)).float()
-    batches = data.split(512)
+    batches = data.to(device).split(512)
     steppers = {}
+    components = None
     for base in ("mog", "gaussian"):
         torch.manual_seed(seed)
-        flow = build_flow(2, base=base, transform="nsf")
+        flow = build_flow(2, base=base, transform="nsf").to(device)
+        if base == "mog":
+            components = flow_base(flow).num_components
         optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
         counter = iter(range(10**9))
 
@@ -541,7 +565,7 @@ def training_overhead(steps: int, warmup: int, seed: int) -> dict[str, float]:
             optimizer.step()
 
         steppers[base] = step
-    times = round_robin_times(steppers, steps, warmup, TRAINING_BUDGET_S)
+    times = round_robin_times(steppers, steps, warmup, TRAINING_BUDGET_S, device)
     mog, gaussian = statistics.median(times["mog"]), statistics.median(times["gaussian"])
     # robustness check: the median ratio of steps taken back to back, which bursts of background load hit alike
     paired = statistics.median(a / b for a, b in zip(times["mog"], times["gaussian"]))
@@ -551,6 +575,7 @@ def training_overhead(steps: int, warmup: int, seed: int) -> dict[str, float]:
         "overhead_percent": 100.0 * (mog / gaussian - 1.0),
         "paired_overhead_percent": 100.0 * (paired - 1.0),
         "steps": len(times["mog"]),
+        "num_components": components,
     }
 
 
@@ -812,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "| base | median ms / step |",
             "|---|---|",
-            f"| MixtureOfGaussians (K = 8, diagonal) | {1e3 * training['mog_s']:.2f} |",
+            f"| MixtureOfGaussians (K = {training['num_components']}, diagonal) | {1e3 * training['mog_s']:.2f} |",
             f"| StandardNormal | {1e3 * training['gaussian_s']:.2f} |",
             "",
             f"Median over {training['steps']} interleaved steps each; the median ratio of back-to-back steps gives "

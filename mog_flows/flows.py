@@ -229,7 +229,9 @@ def build_flow(
             normal) or any nflows `Distribution`.
         transform: "nsf" (rational-quadratic spline couplings; autoregressive when D = 1), "maf" (masked affine
             autoregressive) or "realnvp" (affine couplings, D ≥ 2), alternating with feature permutations, and a
-            last permutation that undoes their product, so that a new flow is the identity.
+            last permutation that undoes their product, so that a new flow is the identity. Each coupling after
+            the first transforms the features the one before it left unchanged (or, every other layer, a new split
+            of them), so every feature is transformed in every pair of layers; in 2-D the two features alternate.
         hidden_features: width of the conditioner networks (and of a conditional base's context network).
         num_components: K of a "mog" base. The default, 32, is what the base comparison chose on held-out seeds
             (a flow over 8 components lost to a 32-component mixture alone on curved modes).
@@ -277,9 +279,7 @@ def build_flow(
             net = net[permutation_indices(permutation)]  # x[:, p1][:, p2] = x[:, p1[p2]]
         mask = _coupling_mask(net, index, transformed)
         transformed = net[mask.bool()]
-        layers.append(
-            _make_layer(transform, features, mask, hidden_features, layer_context, num_bins, tail_bound)
-        )
+        layers.append(_make_layer(transform, features, mask, hidden_features, layer_context, num_bins, tail_bound))
     if features > 1:
         # undo the product of the permutations, so that a new flow is the identity (a permutation in front of the
         # base would change a mixture's density; it adds nothing a learnable mixture cannot absorb)

@@ -217,3 +217,39 @@ def test_the_torchrun_example_runs_and_resumes(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert "2 processes: best validation NLL" in done.stdout
     assert {p.name for p in (tmp_path / "run").iterdir()} == {"config.json", "latest.pt", "best.pt"}
+
+
+# ------------------------------------------------------------------------------------------------ nccl on GPUs
+def nccl_worker(rank: int, world: int, port: int, tmp: str) -> None:
+    """One rank of an nccl group, one GPU per rank: the plain scenario on cuda:rank, with a checkpoint."""
+    torch.set_num_threads(1)
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        x, x_val = data()
+        flow = make_flow(seed=1 + rank)
+        arguments = {**ARGS, "device": f"cuda:{rank}"}
+        history = fit(flow, x, val_data=x_val, checkpoint_dir=Path(tmp) / f"gpu{rank}", **arguments)
+        result = (state(flow.cpu()), history)
+    finally:
+        dist.destroy_process_group()
+    torch.save(result, Path(tmp) / f"nccl{rank}.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nccl_ranks_on_gpus_end_with_the_single_process_parameters(tmp_path):
+    """Data-parallel fit over nccl, one rank per GPU (two when the machine has two, else one: the nccl collectives
+    on CUDA tensors all the same), ends with the parameters of a single-process CPU fit (float64)."""
+    world = min(2, torch.cuda.device_count())
+    mp.spawn(nccl_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    x, x_val = data()
+    flow = make_flow(seed=1)
+    expected = fit(flow, x, val_data=x_val, **ARGS)
+    results = [torch.load(tmp_path / f"nccl{r}.pt", weights_only=False) for r in range(world)]
+    for parameters, history in results:
+        assert max_difference(parameters, state(flow)) <= 1e-5
+        assert history.train_loss == pytest.approx(expected.train_loss, rel=1e-6)
+        assert (history.best_step, history.restored_step) == (expected.best_step, expected.restored_step)
+    assert {p.name for p in (tmp_path / "gpu0").iterdir()} == {"config.json", "latest.pt", "best.pt"}
+    assert world == 1 or not (tmp_path / "gpu1").exists()

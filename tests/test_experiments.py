@@ -24,6 +24,21 @@ def test_benchmark_quick_runs(tmp_path):
     assert "| mog_flows |" in table and "| torch |" in table
 
 
+def test_cuda_benchmark_code_path_runs_on_the_cpu(tmp_path):
+    """bench_cuda.py's code path with --device cpu (the GPU rows themselves need a GPU: `make gpu-check`)."""
+    run_script(ROOT / "benchmarks" / "bench_cuda.py", "--quick", "--device", "cpu", "--out", tmp_path)
+    table = (tmp_path / "bench_cuda.md").read_text()
+    assert "| mog_flows |" in table and "MixtureOfGaussians (K = 32, diagonal)" in table
+    with open(tmp_path / "bench_cuda.csv") as file:
+        assert {row["implementation"] for row in csv.DictReader(file)} >= {"mog_flows", "torch"}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_benchmark_says_when_there_is_no_gpu(tmp_path):
+    done = run_script(ROOT / "benchmarks" / "bench_cuda.py", "--out", tmp_path)
+    assert "CUDA is not available" in done.stdout and not (tmp_path / "bench_cuda.md").exists()
+
+
 @pytest.mark.slow
 def test_compile_benchmark_quick_runs(tmp_path):
     """The compiled-step benchmark with a tiny flow and the aot_eager backend (no code generation; still ~30 s of

@@ -94,9 +94,9 @@ def test_perturbation_moves_the_flow_away_from_the_identity(transform):
 @pytest.mark.parametrize("transform", ["nsf", "realnvp"])
 @pytest.mark.parametrize("features", [2, 3, 4, 5])
 def test_each_pair_of_coupling_layers_transforms_every_feature_once(transform, features):
-    # Perturb one coupling at a time (the others stay the identity, up to ~1e-9): the features of x it changes are the ones
-    # it transforms. Masks by position alone, behind random permutations, left a feature untransformed by every
-    # layer in a quarter of the 2-D flows.
+    # Perturb one coupling at a time (the others stay the identity, up to ~1e-9): the features of x it changes are
+    # the ones it transforms. Masks by position alone, behind random permutations, left a feature untransformed by
+    # every layer in a quarter of the 2-D flows.
     x = make_inputs(32, features)
     for seed in range(12):
         torch.manual_seed(seed)

@@ -70,8 +70,10 @@ class _Failure(Exception):
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    import inspect
+
     from .datasets import DATASETS
-    from .flows import TRANSFORMS
+    from .flows import TRANSFORMS, build_flow
 
     parser.add_argument(
         "--dataset", choices=DATASETS, help=f"built-in target to fit (default {_DEFAULT_DATASET}; not with --data)"
@@ -92,7 +94,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", default="nsf", choices=TRANSFORMS, help="flow transform")
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--hidden-features", type=int, default=64)
-    parser.add_argument("--num-components", type=int, default=8, help="mixture components (base=mog)")
+    parser.add_argument(
+        "--num-components",
+        type=int,
+        default=inspect.signature(build_flow).parameters["num_components"].default,
+        help="mixture components (base=mog; default %(default)s, build_flow's)",
+    )
     parser.add_argument("--covariance", default="diagonal", choices=("diagonal", "full"))
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -156,6 +163,7 @@ def _data(config: dict):
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
+
     from .datasets import DATASETS
     from .flows import TRANSFORMS
 
@@ -413,6 +421,7 @@ def _train(args: argparse.Namespace) -> None:
         progress=args.progress,
         temperature_schedule=None if args.temperature_schedule is None else tuple(args.temperature_schedule),
         base_lr_factor=config["base_lr_factor"],
+        compile=args.compile,
     )
     _evaluate(argparse.Namespace(run_dir=str(run_dir), data=None), own={"data": train, "val_data": val})
     _plot(argparse.Namespace(run_dir=str(run_dir)))
@@ -531,6 +540,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("run_dir", help="run directory (created; config, checkpoints, metrics, figures)")
     _add_model_arguments(train)
     train.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    train.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BACKEND",
+        help="run each step's loss through torch.compile (a backend name, or inductor when none is given), checked "
+        "against eager gradients on the first steps; fit trains eagerly with a warning where they disagree. Not a "
+        "setting of the run: a resumed run may change it",
+    )
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(

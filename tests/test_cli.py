@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from mog_flows import build_flow
 from mog_flows.cli import main
+from mog_flows.nflows_adapters import flow_base
 
 TINY = ["--steps", "6", "--num-layers", "1", "--hidden-features", "8", "--batch-size", "64", "--no-progress"]
 
@@ -360,6 +362,27 @@ def test_the_training_flags_reach_fit(tmp_path, files):
     config = json.loads((run / "config.json").read_text())
     assert config["base_lr_factor"] == 5.0 and config["temperature_schedule"] == [1.0, 0.25]
     assert config["checkpoint_every"] == 2
+
+
+@pytest.mark.parametrize(
+    "flag, expected", [([], False), (["--compile"], True), (["--compile", "aot_eager"], "aot_eager")]
+)
+def test_compile_reaches_fit_and_the_default_k_is_build_flows(tmp_path, files, monkeypatch, flag, expected):
+    import inspect
+
+    from mog_flows import training
+
+    seen, real_fit = {}, training.fit
+
+    def recording_fit(flow, *args, **kwargs):
+        seen.update(compile=kwargs["compile"], components=flow_base(flow).num_components)
+        return real_fit(flow, *args, **{**kwargs, "compile": False})  # the flag's path, not compilation itself
+
+    monkeypatch.setattr(training, "fit", recording_fit)
+    main(["train", str(tmp_path / "run"), "--data", str(files / "train.npy"), *TINY, *flag])
+    assert seen["compile"] == expected
+    assert seen["components"] == inspect.signature(build_flow).parameters["num_components"].default == 32
+    assert "compile" not in json.loads((tmp_path / "run" / "config.json").read_text())
 
 
 def test_a_run_directory_written_before_the_new_settings_still_works(run_copy, capsys):

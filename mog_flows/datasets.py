@@ -7,9 +7,13 @@ generator when `seed=None`), computes in float64 and returns the dtype asked for
 whether `log_prob` is available, so that evaluation can report KL(p‖q) = E_p[log p(x) − log q(x)].
 
 Exact densities: "eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", "spirals",
-"banana_modes", "mixed_shapes", "ring_of_rings" (all 2-D) and "gaussian_mixture" (D = 10 by default). Not exact:
-"digits" (real data). The last three 2-D targets have modes that are not Gaussian (bent, of different shapes,
-rings), so that neither a mixture alone nor a flow over one Gaussian fits them easily (`ShapeMixture`).
+"banana_modes", "mixed_shapes", "ring_of_rings", "stimper_two_moons", "stimper_circular_gmm", "stimper_rings" (all
+2-D) and "gaussian_mixture" (D = 10 by default). Not exact: "digits" (real data). "banana_modes", "mixed_shapes" and
+"ring_of_rings" have modes that are not Gaussian (bent, of different shapes, rings), so that neither a mixture alone
+nor a flow over one Gaussian fits them easily (`ShapeMixture`). The three "stimper_*" targets are the 2-D problems
+of Stimper et al. 2022 ("Resampling Base Distributions of Normalizing Flows"), as normflows'
+`distributions/target.py` defines them, normalised exactly and sampled exactly (`DualMoon`,
+`CircularGaussianMixture`, `RingMixture`).
 
 The toys look like the FFJORD / neural-spline-flow sets but are built so that their density has a closed form:
 
@@ -52,6 +56,10 @@ __all__ = [
     "BananaModes",
     "MixedShapes",
     "RingOfRings",
+    "DualMoon",
+    "CircularGaussianMixture",
+    "RingMixture",
+    "DUAL_MOON_NORMALISER",
     "GaussianMixture",
     "Digits",
     "DATASETS",
@@ -584,6 +592,170 @@ class RingOfRings(ArcMixture):
         )
 
 
+# ---------------------------------------------------------------------------------- Stimper et al. 2022
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def _ring_mass(radius: float, noise: float) -> float:
+    """∫_ℝ² exp(-(‖x‖ - a)² / 2σ²) dx = 2π [σ² exp(-a² / 2σ²) + a σ √(2π) Φ(a / σ)] for a = radius ≥ 0, σ = noise.
+
+    In polar coordinates the integral is 2π ∫₀^∞ r exp(-(r - a)² / 2σ²) dr; with u = r - a, ∫_{-a}^∞ u e^{-u²/2σ²} du
+    = σ² e^{-a²/2σ²} and a ∫_{-a}^∞ e^{-u²/2σ²} du = a σ √(2π) Φ(a / σ)."""
+    return (
+        2
+        * math.pi
+        * (
+            noise**2 * math.exp(-(radius**2) / (2 * noise**2))
+            + radius * noise * math.sqrt(2 * math.pi) * _normal_cdf(radius / noise)
+        )
+    )
+
+
+def _sample_ring_radius(radius: Tensor, noise: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Exact draws r > 0 (N,) from the radial density of a ring, f(r) ∝ r exp(-(r - a)² / 2σ²) on r > 0, for
+    a = radius (N,) ≥ 0 and σ = noise (N,) > 0, by rejection.
+
+    Proposal on ℝ: h(r) ∝ (a + |r - a|) exp(-(r - a)² / 2σ²), a mixture of N(a, σ²) (weight ∝ a σ √(2π)) and
+    a ± σ R, R ~ Rayleigh(1) with a fair sign (weight ∝ 2σ², since ∫ |u| e^{-u²/2σ²} du = 2σ²). A candidate is
+    accepted with probability r / (a + |r - a|) when r > 0 (≤ 1 by the triangle inequality: the bound is proven)
+    and rejected when r ≤ 0, so accepted draws have density ∝ h(r) r / (a + |r - a|) = f(r). Acceptance is
+    about 0.96 for a / σ = 10."""
+    out = torch.empty_like(radius)
+    pending = torch.arange(radius.numel())
+    while pending.numel() > 0:
+        a, sigma = radius[pending], noise[pending]
+        u = torch.rand(4, pending.numel(), generator=generator, dtype=torch.float64)
+        gaussian = torch.randn(pending.numel(), generator=generator, dtype=torch.float64)
+        rayleigh = torch.sqrt(-2 * torch.log1p(-u[0]))  # 1 - U in (0, 1]
+        folded = torch.where(u[1] < 0.5, -rayleigh, rayleigh)
+        gaussian_weight = a * sigma * math.sqrt(2 * math.pi)
+        from_gaussian = u[2] * (gaussian_weight + 2 * sigma**2) < gaussian_weight
+        r = a + sigma * torch.where(from_gaussian, gaussian, folded)
+        accept = (r > 0) & (u[3] * (a + (r - a).abs()) < r)
+        out[pending[accept]] = r[accept]
+        pending = pending[~accept]
+    return out
+
+
+# ∫ exp(-(‖x‖ - 2)² / 0.08) [exp(-(x₁ - 2)² / 0.18) + exp(-(x₁ + 2)² / 0.18)] dx over ℝ²: in polar coordinates,
+# Gauss-Legendre in r on [0, 10] (200 to 1600 nodes) times the trapezoid rule in θ (400 to 3200 nodes, spectrally
+# accurate for a periodic integrand), and scipy's dblquad (epsrel 1e-13): all agree to 3e-14
+DUAL_MOON_NORMALISER = 2.23494014876774
+
+
+class DualMoon(Target):
+    """Stimper et al.'s "dual moon" (normflows' `TwoMoons`): a ring of radius 2 cut into two moons at x₁ = ±2,
+
+        p(x) = exp(-(‖x‖ - 2)² / (2 · 0.2²)) [exp(-(x₁ - 2)² / (2 · 0.3²)) + exp(-(x₁ + 2)² / (2 · 0.3²))] / Z,
+
+    normflows' log-density minus log Z (normflows leaves it unnormalised and writes the bracket as
+    exp(-(|x₁| - 2)² / 0.18) (1 + exp(-4|x₁| / 0.09)), the same function). Z = `DUAL_MOON_NORMALISER` =
+    2.23494014876774, by quadrature in polar coordinates (Gauss-Legendre in r, trapezoid rule in θ, checked
+    against scipy's dblquad; relative accuracy ~1e-13; `tests/test_datasets.py` recomputes it).
+
+    Sampling is exact, by rejection: propose the ring alone, exp(-(‖x‖ - 2)² / 0.08) (a uniform angle and an exact
+    radius, `_sample_ring_radius`), and accept with probability g(x₁) / M, g the bracket. M = 1 + exp(-400/9)
+    bounds g: g(x₁) = exp(-(|x₁| - 2)² / 0.18) (1 + exp(-4|x₁| / 0.09)), where for |x₁| ≥ 1 the first factor is ≤ 1
+    and the second ≤ M, and for |x₁| < 1 the product is ≤ 2 exp(-1 / 0.18) < 0.01. About 35 % of proposals are
+    accepted. Modes: (±2, 0)."""
+
+    is_multimodal = True
+    features = 2
+    _RADIUS, _RADIAL_STD, _LATERAL_STD = 2.0, 0.2, 0.3
+
+    def __init__(self) -> None:
+        self.name = "stimper_two_moons"
+        self.modes = torch.tensor([[2.0, 0.0], [-2.0, 0.0]], dtype=torch.float64)
+
+    def _log_bracket(self, first: Tensor) -> Tensor:
+        """log g(x₁) (N,): the two Gaussian bumps across the ring at x₁ = ±2."""
+        scale = 2 * self._LATERAL_STD**2
+        return torch.logaddexp(-((first - 2) ** 2) / scale, -((first + 2) ** 2) / scale)
+
+    def _sample(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
+        out = torch.empty(num_samples, 2, dtype=torch.float64)
+        bound = math.log1p(math.exp(-400 / 9))  # log M
+        filled = 0
+        while filled < num_samples:
+            m = num_samples - filled
+            radius = _sample_ring_radius(
+                torch.full((m,), self._RADIUS, dtype=torch.float64),
+                torch.full((m,), self._RADIAL_STD, dtype=torch.float64),
+                generator,
+            )
+            angle = 2 * math.pi * torch.rand(m, generator=generator, dtype=torch.float64)
+            x = radius.unsqueeze(-1) * _unit(angle)
+            u = torch.rand(m, generator=generator, dtype=torch.float64)
+            accepted = x[u.log() < self._log_bracket(x[:, 0]) - bound]
+            out[filled : filled + accepted.shape[0]] = accepted
+            filled += accepted.shape[0]
+        return out
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        radius = torch.linalg.vector_norm(x, dim=-1)
+        ring = -((radius - self._RADIUS) ** 2) / (2 * self._RADIAL_STD**2)
+        return ring + self._log_bracket(x[:, 0]) - math.log(DUAL_MOON_NORMALISER)
+
+
+class CircularGaussianMixture(ArcMixture):
+    """Stimper et al.'s circle of Gaussians (normflows' `CircularGaussianMixture`, normalised there too):
+    `num_modes` equally weighted isotropic Gaussians centred at radius · (sin φ_k, cos φ_k), φ_k = 2πk / num_modes
+    (k = 0 at the top, clockwise), each with std (2/3) sin(π / num_modes) (≈ 0.255 for 8 modes, radius 2).
+    Modes: the centres."""
+
+    def __init__(self, *, num_modes: int = 8, radius: float = 2.0, std: float | None = None) -> None:
+        angles = torch.arange(check_positive_int("num_modes", num_modes), dtype=torch.float64) * (
+            2 * math.pi / num_modes
+        )
+        centres = radius * torch.stack([angles.sin(), angles.cos()], dim=-1)  # (M, 2)
+        std = 2 / 3 * math.sin(math.pi / num_modes) if std is None else std
+        super().__init__(_equal_weights(num_modes), centres, noise=std, name="stimper_circular_gmm", modes=centres)
+
+
+class RingMixture(Target):
+    """Stimper et al.'s two rings (normflows' `RingMixture`, unnormalised there): rings of radii a_k = 1, 2 whose
+    radial profile is a Gaussian bump of std σ = 0.125 (normflows: 1 / (4 · number of rings)),
+
+        p(x) = Σ_k exp(-(‖x‖ - a_k)² / 2σ²) / Z,   Z = Σ_k 2π [σ² exp(-a_k² / 2σ²) + a_k σ √(2π) Φ(a_k / σ)]
+
+    (`_ring_mass`; Z = 5.9061037296459 for the defaults, log Z = 1.7759863466023). This is not the FFJORD ring
+    (`Rings`, a uniform point on the circle plus isotropic noise): the weight of ring k is its mass Z_k / Z, about
+    1/3 and 2/3. Sampled exactly: ring k with probability Z_k / Z, a uniform angle, the radius from the exact radial
+    density r exp(-(r - a_k)² / 2σ²) (`_sample_ring_radius`). No point modes.
+
+    Args:
+        radii: a_k, positive.
+        noise: σ > 0.
+    """
+
+    is_multimodal = True
+    features = 2
+
+    def __init__(self, *, radii: Sequence[float] = (1.0, 2.0), noise: float = 0.125) -> None:
+        if len(radii) < 1 or min(radii) <= 0 or noise <= 0:
+            raise ValueError(f"radii must be positive numbers and noise > 0; got radii={radii}, noise={noise}")
+        self.name = "stimper_rings"
+        self.radii = torch.tensor(radii, dtype=torch.float64)
+        self.noise = float(noise)
+        masses = torch.tensor([_ring_mass(a, self.noise) for a in radii], dtype=torch.float64)
+        self.log_normaliser = masses.sum().log().item()
+        self.weights = masses / masses.sum()  # (K,)
+
+    def _sample(self, num_samples: int, generator: torch.Generator | None) -> Tensor:
+        k = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
+        radius = _sample_ring_radius(
+            self.radii[k], torch.full((num_samples,), self.noise, dtype=torch.float64), generator
+        )
+        angle = 2 * math.pi * torch.rand(num_samples, generator=generator, dtype=torch.float64)
+        return radius.unsqueeze(-1) * _unit(angle)
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        radius = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (N, 1)
+        log_rings = -((radius - self.radii.to(x.device)) ** 2) / (2 * self.noise**2)  # (N, 1) - (K,) -> (N, K)
+        return torch.logsumexp(log_rings, dim=-1) - self.log_normaliser
+
+
 # ---------------------------------------------------------------------------------------------------- D ≥ 10
 class GaussianMixture(Target):
     """A fixed mixture of K full-covariance Gaussians in D dimensions, drawn from `seed`:
@@ -721,6 +893,9 @@ _REGISTRY: dict[str, type[Target]] = {
     "banana_modes": BananaModes,
     "mixed_shapes": MixedShapes,
     "ring_of_rings": RingOfRings,
+    "stimper_two_moons": DualMoon,
+    "stimper_circular_gmm": CircularGaussianMixture,
+    "stimper_rings": RingMixture,
     "gaussian_mixture": GaussianMixture,
     "digits": Digits,
 }

@@ -14,12 +14,15 @@ from scipy import special, stats
 from mog_flows.datasets import (
     DATASETS,
     DIGITS_SPLITS,
+    DUAL_MOON_NORMALISER,
     ArcMixture,
     Checkerboard,
+    CircularGaussianMixture,
     Digits,
     GaussianMixture,
     Moons,
     Pinwheel,
+    RingMixture,
     Rings,
     Spirals,
     Target,
@@ -39,7 +42,11 @@ TOYS = (
     "banana_modes",
     "mixed_shapes",
     "ring_of_rings",
+    "stimper_two_moons",
+    "stimper_circular_gmm",
+    "stimper_rings",
 )
+STIMPER = ("stimper_two_moons", "stimper_circular_gmm", "stimper_rings")
 
 # Midpoint grid over [-HALF_WIDTH, HALF_WIDTH]² with step h, whose cell edges fall on the checkerboard's square
 # edges (multiples of 2), so the piecewise-constant checkerboard is integrated exactly. The other toys keep > 9
@@ -135,8 +142,10 @@ def test_toy_samples_follow_the_density(name):
         (Moons(), Moons(scale=2.55)),
         (Pinwheel(), Pinwheel(rate=0.27)),
         (Spirals(), Spirals(concentration=12.0)),
+        (RingMixture(), RingMixture(noise=0.13)),
+        (CircularGaussianMixture(), CircularGaussianMixture(std=0.26)),
     ],
-    ids=["rings", "moons", "pinwheel", "spirals"],
+    ids=["rings", "moons", "pinwheel", "spirals", "stimper_rings", "stimper_circular_gmm"],
 )
 def test_chi_square_detects_a_slightly_different_sampler(density, sampler):
     # the test above can fail: 5-10 % changes of one parameter are rejected at these sample sizes
@@ -219,6 +228,82 @@ def test_checkerboard_is_uniform_on_the_closed_black_squares():
     assert board.modes.shape == (8, 2)
     # float32 samples rounded onto an edge keep their density
     assert torch.isfinite(board.log_prob(torch.tensor([[2 - 1e-9, 0.5], [4 - 1e-9, -1.0]]).float())).all()
+
+
+# ------------------------------------------------------------------------------------------------ Stimper et al.
+def test_dual_moon_normaliser_matches_quadrature():
+    # polar coordinates: Gauss-Legendre in r on [0, 10], trapezoid rule in θ (periodic: spectral), float64
+    nodes, weights = np.polynomial.legendre.leggauss(400)
+    r, w = 5 * (nodes + 1), 5 * weights
+    theta = np.arange(800) * (2 * np.pi / 800)
+    x1 = r[:, None] * np.cos(theta)
+    bumps = np.exp(-((x1 - 2) ** 2) / 0.18) + np.exp(-((x1 + 2) ** 2) / 0.18)
+    integral = (w * r * np.exp(-((r - 2) ** 2) / 0.08) * bumps.mean(-1) * 2 * np.pi).sum()
+    assert DUAL_MOON_NORMALISER == pytest.approx(integral, rel=1e-12)
+
+
+def test_ring_mixture_normaliser_matches_quadrature():
+    from scipy import integrate
+
+    target = RingMixture()
+    masses = [
+        integrate.quad(lambda r, a=a: 2 * math.pi * r * math.exp(-((r - a) ** 2) / (2 * 0.125**2)), 0, 10, points=[a])[
+            0
+        ]
+        for a in (1.0, 2.0)
+    ]
+    assert target.log_normaliser == pytest.approx(math.log(sum(masses)), abs=1e-12)
+    torch.testing.assert_close(target.weights, torch.tensor(masses, dtype=torch.float64) / sum(masses))
+
+
+@pytest.mark.parametrize("name", STIMPER)
+def test_stimper_targets_agree_with_normflows(name):
+    normflows = pytest.importorskip("normflows", reason="normflows is not installed: the reference is skipped")
+    reference = {
+        "stimper_two_moons": normflows.distributions.TwoMoons,
+        "stimper_circular_gmm": normflows.distributions.CircularGaussianMixture,
+        "stimper_rings": normflows.distributions.RingMixture,
+    }[name]().double()
+    if name == "stimper_circular_gmm":  # normflows stores the std as float32: give it the exact value
+        reference.scale = torch.tensor(2 / 3 * math.sin(math.pi / 8), dtype=torch.float64)
+    target = get_dataset(name)
+    x = torch.cat(
+        [
+            3 * torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+            target.sample(500, seed=1, dtype=torch.float64),
+        ]
+    )
+    difference = target.log_prob(x) - reference.log_prob(x)
+    if name == "stimper_circular_gmm":  # normalised in normflows too
+        torch.testing.assert_close(difference, torch.zeros_like(difference), rtol=0, atol=1e-10)
+    else:  # normflows' density is unnormalised: the difference is -log Z at every point
+        log_z = math.log(DUAL_MOON_NORMALISER) if name == "stimper_two_moons" else target.log_normaliser
+        torch.testing.assert_close(difference, torch.full_like(difference, -log_z), rtol=0, atol=1e-10)
+
+
+def test_stimper_targets_have_the_published_geometry():
+    circle = CircularGaussianMixture()
+    assert circle.modes.shape == (8, 2)
+    torch.testing.assert_close(circle.modes.norm(dim=-1), torch.full((8,), 2.0, dtype=torch.float64))
+    assert circle.noise[0].item() == pytest.approx(2 / 3 * math.sin(math.pi / 8))
+    assert get_dataset("stimper_two_moons").modes.tolist() == [[2.0, 0.0], [-2.0, 0.0]]
+    rings = get_dataset("stimper_rings")
+    assert rings.modes is None and rings.radii.tolist() == [1.0, 2.0] and rings.noise == 0.125
+    # the radius of samples: E[r] per ring is ∫ r² f / ∫ r f for f the radial profile (quadrature), mixed by mass
+    r = torch.linspace(0, 4, 40001, dtype=torch.float64)
+    profile = torch.exp(-((r[:, None] - rings.radii) ** 2) / (2 * 0.125**2))  # (R, K)
+    mean_radius = (rings.weights * (r[:, None] ** 2 * profile).sum(0) / (r[:, None] * profile).sum(0)).sum()
+    radius = rings.sample(NUM_SAMPLES, seed=2, dtype=torch.float64).norm(dim=-1)
+    assert radius.mean().item() == pytest.approx(
+        mean_radius.item(), abs=5 * radius.std().item() / math.sqrt(NUM_SAMPLES)
+    )
+
+
+def test_ring_mixture_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="radii must be positive"):
+        RingMixture(radii=(1.0, -2.0))
+    with pytest.raises(ValueError, match="noise > 0"):
+        RingMixture(noise=0.0)
 
 
 # ------------------------------------------------------------------------------------------------ seeding

@@ -103,6 +103,7 @@ __all__ = [
     "build_peer",
     "default_budget",
     "finish_peer",
+    "import_resampled_gaussian",
     "matched_peer",
     "peer_versions",
 ]
@@ -334,8 +335,10 @@ def build_nflows_maf_mog(
 
 
 # -------------------------------------------------------------------------------------------------- glasflow
-def _import_resampled_gaussian():
-    """glasflow's ResampledGaussian as an nflows Distribution (GLASFLOW_USE_NFLOWS=True at its first import)."""
+def import_resampled_gaussian():
+    """glasflow's ResampledGaussian as an nflows Distribution (GLASFLOW_USE_NFLOWS=True at its first import) and
+    glasflow's MLP: (ResampledGaussian, MLP). ImportError naming the package when glasflow is missing; RuntimeError
+    when glasflow was already imported with its own fork of nflows."""
     peer = "glasflow_resampled"
     if sys.modules.get("glasflow") is None:
         previous = os.environ.get("GLASFLOW_USE_NFLOWS")
@@ -370,7 +373,7 @@ def build_glasflow_resampled(
     """Our NSF over glasflow's ResampledGaussian (module docstring). `num_components` does not apply (the base has
     no components) and `data` is checked but unused (the base has no data initialisation)."""
     _check_sizes(features, hidden_features, num_layers, num_components)
-    resampled, mlp = _import_resampled_gaussian()
+    resampled, mlp = import_resampled_gaussian()
     _init_points(data, features)
     acceptance = mlp(features, 1, [hidden_features, hidden_features], activate_output=torch.sigmoid)
     base = resampled(features, acceptance, eps=0.05, truncation=100, trainable=False)

@@ -268,3 +268,12 @@ def test_the_report_has_a_peer_section_when_peers_ran():
     ]
     text = write_markdown(rows, Path(tempfile.mkdtemp()) / "report.md")
     assert "## Peers at equal parameter budgets" in text and "| eight_gaussians | nflows_maf_mog |" in text
+
+
+def test_default_targets_are_named_and_leave_out_the_stimper_problems():
+    from mog_flows.datasets import DATASETS
+    from mog_flows.studies.comparison import DEFAULT_DATASETS
+
+    assert set(DEFAULT_DATASETS) <= set(DATASETS)
+    assert not [name for name in DEFAULT_DATASETS if name.startswith("stimper_")]
+    assert set(DATASETS) - set(DEFAULT_DATASETS) == {"stimper_two_moons", "stimper_circular_gmm", "stimper_rings"}

@@ -269,8 +269,9 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     metrics ("nll", "nll_per_dim", "kl", "mode_coverage"; NaN where undefined), "best_step", "train_seconds",
     "seconds_per_step", "error" (empty, or the message of a diverged run, whose metrics are NaN) and, with
     `spec.density_resolution` and D = 2, "density" (R, R) float32 on the grid [y, x] and "samples"
-    (`NUM_SAMPLES_RECORDED`, D) float32, and for RAD "assigned_points" (S, D), the first S =
-    `NUM_SAMPLES_RECORDED` test points, with "pieces" (S, L, D_b) int64, their pieces per layer (`RAD.assign`)."""
+    (`NUM_SAMPLES_RECORDED`, D) float32, and for RAD "assigned_points" (S, D), the first
+    S = min(N, `NUM_SAMPLES_RECORDED`) test points, with "pieces" (S, L, D_b) int64, their pieces per layer
+    (`RAD.assign`)."""
     target = get_dataset(spec.dataset)
     D = target.features
     K = spec.num_components or default_num_components(target)

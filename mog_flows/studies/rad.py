@@ -495,7 +495,7 @@ def _comparison_lines(rows: Sequence[dict[str, Any]], model: str, reference: str
     seeds = sum(p["pairs"] for p in pairs)
     mean_diff, std_diff = mean_std(p["diff_mean"] for p in pairs)
     clear = [p["dataset"] for p in pairs if p["wins"] == p["pairs"]]
-    clear_loss = [p["dataset"] for p in pairs if p["wins"] == 0]
+    clear_loss = [p["dataset"] for p in pairs if all(d > 0 for d in p["diffs"])]  # a tie is neither
     lines += [
         "",
         f"Summary: {a} has the lower mean NLL on {len(lower_mean)} of {len(pairs)} targets and is lower on "

@@ -198,7 +198,7 @@ def test_the_report_has_the_paired_sections_and_says_where_the_mixture_base_lose
     assert "Lower on every seed: grid; higher on every seed: none." in text
     assert "- rings: NSF + MoG is worse than NSF + Gaussian" in text
     assert "higher on every seed: none" in text
-    assert "| grid | Real NVP + MoG | 8 | 1005 | +0.5 % | 0.001 | 2.800 ± 0.000 |" in text
+    assert "| grid | Real NVP + MoG | 8 | 1005 | +0.5 % | 0.003 | 2.800 ± 0.000 |" in text
     assert "| 200 / 100 / 100 |" in text  # best step per seed
     assert "every model within ±5 % of its target's budget — **yes** (largest difference +3.0 %, NSF + MoG" in text
     assert "**Best checkpoint at the last step** (200): 1 of 42 runs (Real NVP + Gaussian 1," in text

@@ -202,7 +202,7 @@ def test_the_report_has_the_paired_sections_and_says_where_the_mixture_base_lose
     assert "| 200 / 100 / 100 |" in text  # best step per seed
     assert "every model within ±5 % of its target's budget — **yes** (largest difference +3.0 %, NSF + MoG" in text
     assert "**Best checkpoint at the last step** (200): 1 of 42 runs (Real NVP + Gaussian 1," in text
-    assert "![x_partition.png](x_partition.png)" in text
+    assert "- `x_partition.png`: RAD K=3's inferred partition (`RAD.assign`)" in text
     assert "chosen on the held-out seed 100 over eight_gaussians and mirror_modes" in text
 
 
@@ -276,7 +276,7 @@ def test_script_quick_writes_report_csv_figures_and_partition_and_rewrites_the_r
     assert "| mirror_modes | RAD K=5 |" in text
     assert (tmp_path / "rad_comparison_quick.png").stat().st_size > 20_000
     assert (tmp_path / "rad_comparison_quick_partition.png").stat().st_size > 10_000
-    assert "![rad_comparison_quick_partition.png](rad_comparison_quick_partition.png)" in text
+    assert "- `rad_comparison_quick_partition.png`: RAD K=3's inferred partition" in text
     assert not (tmp_path / ".rad_comparison_quick_cache").exists()
     recorded = read_rad_results(tmp_path, "rad_comparison_quick")
     assert sum("samples" in r for r in recorded) == 14 and recorded[0]["density"].shape == (24, 24)

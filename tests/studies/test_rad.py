@@ -204,6 +204,8 @@ def test_the_report_has_the_paired_sections_and_says_where_the_mixture_base_lose
     assert "**Best checkpoint at the last step** (200): 1 of 42 runs (Real NVP + Gaussian 1," in text
     assert "- `x_partition.png`: RAD K=3's inferred partition (`RAD.assign`)" in text
     assert "chosen on the held-out seed 100 over eight_gaussians and mirror_modes" in text
+    assert "Every model chose the grid's largest value" in text  # LEARNING_RATES: all 3e-3
+    assert "**RAD K=1 vs Real NVP + Gaussian**" in text  # the ablation against the other affine coupling flow
 
 
 def test_the_report_flags_a_budget_off_by_more_than_five_percent_and_failed_runs(tmp_path):

@@ -7,9 +7,10 @@ generator when `seed=None`), computes in float64 and returns the dtype asked for
 whether `log_prob` is available, so that evaluation can report KL(p‖q) = E_p[log p(x) − log q(x)].
 
 Exact densities: "eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", "spirals",
-"banana_modes", "mixed_shapes", "ring_of_rings", "mirror_modes" (all 2-D) and "gaussian_mixture" (D = 10 by default). Not exact:
-"digits" (real data). The last three 2-D targets have modes that are not Gaussian (bent, of different shapes,
-rings), so that neither a mixture alone nor a flow over one Gaussian fits them easily (`ShapeMixture`);
+"banana_modes", "mixed_shapes", "ring_of_rings", "mirror_modes" (all 2-D) and "gaussian_mixture" (D = 10 by
+default). Not exact: "digits" (real data). "banana_modes", "mixed_shapes" and "ring_of_rings" have modes that are not
+Gaussian (bent, of different shapes, rings), so that neither a mixture alone nor a flow over one Gaussian fits them
+easily (`ShapeMixture`);
 "mirror_modes" pairs bent modes across the x₂ axis, p(x₁, x₂) = p(-x₁, x₂), a symmetry a map that folds the line
 can represent.
 

@@ -1,12 +1,15 @@
-"""RAD vs MoG-base NSF vs Gaussian-base NSF on the 2-D targets (the RAD paper's problems and the zoo), equal parameter
-budgets, the same data, steps and optimiser; a thin command line over `mog_flows.studies.rad`.
+"""RAD (K = 1, 3, 5 pieces) against Real NVP and NSF flows with a Gaussian or a mixture-of-Gaussians base on the 2-D
+targets, equal parameter budgets (±5 %), the same data, steps and optimiser, each model at its own learning rate; a
+thin command line over `mog_flows.studies.rad`.
 
-Writes experiments/results/rad_comparison.{md,csv,png} (the table of mean ± std over seeds with the target checked,
-one line per run, densities and samples) and rad_comparison_{densities,samples}.npz for the notebook; --quick writes
-rad_comparison_quick.* with tiny settings.
+First the learning rates, on the held-out seed 100 (writes experiments/results/rad_comparison_lr.{md,csv}; the chosen
+values are then frozen in `mog_flows.studies.rad.LEARNING_RATES`), then the study on seeds 0, 1, 2 (writes
+rad_comparison.{md,csv,png}, rad_comparison_partition.png and rad_comparison_{densities,samples,points,pieces}.npz);
+--quick writes rad_comparison_quick* with tiny settings.
 
-    python experiments/rad_comparison.py --workers 1          # the full run: 7 targets × 3 models × 3 seeds
-    python experiments/rad_comparison.py --quick --out /tmp/rad   # seconds, for tests
+    python experiments/rad_comparison.py --select-lr --workers 2   # 7 models x 3 lrs x 2 targets, seed 100
+    python experiments/rad_comparison.py --workers 2               # the full run: targets x 7 models x 3 seeds
+    python experiments/rad_comparison.py --quick --out /tmp/rad    # seconds, for tests
 """
 
 from __future__ import annotations

@@ -7,13 +7,14 @@ generator when `seed=None`), computes in float64 and returns the dtype asked for
 whether `log_prob` is available, so that evaluation can report KL(p‖q) = E_p[log p(x) − log q(x)].
 
 Exact densities: "eight_gaussians", "grid", "rings", "checkerboard", "moons", "pinwheel", "spirals",
-"banana_modes", "mixed_shapes", "ring_of_rings", "stimper_two_moons", "stimper_circular_gmm", "stimper_rings" (all
-2-D) and "gaussian_mixture" (D = 10 by default). Not exact: "digits" (real data). "banana_modes", "mixed_shapes" and
-"ring_of_rings" have modes that are not Gaussian (bent, of different shapes, rings), so that neither a mixture alone
-nor a flow over one Gaussian fits them easily (`ShapeMixture`). The three "stimper_*" targets are the 2-D problems
-of Stimper et al. 2022 ("Resampling Base Distributions of Normalizing Flows"), as normflows'
-`distributions/target.py` defines them, normalised exactly and sampled exactly (`DualMoon`,
-`CircularGaussianMixture`, `RingMixture`).
+"banana_modes", "mixed_shapes", "ring_of_rings", "mirror_modes", "stimper_two_moons", "stimper_circular_gmm",
+"stimper_rings" (all 2-D) and "gaussian_mixture" (D = 10 by default). Not exact: "digits" (real data).
+"banana_modes", "mixed_shapes" and "ring_of_rings" have modes that are not Gaussian (bent, of different shapes,
+rings), so that neither a mixture alone nor a flow over one Gaussian fits them easily (`ShapeMixture`);
+"mirror_modes" pairs bent modes across the x₂ axis, p(x₁, x₂) = p(-x₁, x₂), a symmetry a map that folds the line
+can represent. The three "stimper_*" targets are the 2-D problems of Stimper et al. 2022 ("Resampling Base
+Distributions of Normalizing Flows"), as normflows' `distributions/target.py` defines them, normalised exactly and
+sampled exactly (`DualMoon`, `CircularGaussianMixture`, `RingMixture`).
 
 The toys look like the FFJORD / neural-spline-flow sets but are built so that their density has a closed form:
 
@@ -60,6 +61,7 @@ __all__ = [
     "CircularGaussianMixture",
     "RingMixture",
     "DUAL_MOON_NORMALISER",
+    "MirrorModes",
     "GaussianMixture",
     "Digits",
     "DATASETS",
@@ -754,6 +756,31 @@ class RingMixture(Target):
         radius = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (N, 1)
         log_rings = -((radius - self.radii.to(x.device)) ** 2) / (2 * self.noise**2)  # (N, 1) - (K,) -> (N, K)
         return torch.logsumexp(log_rings, dim=-1) - self.log_normaliser
+class MirrorModes(ShapeMixture):
+    """Three pairs of banana-shaped modes, each pair mirrored across the x₂ axis: the density is symmetric under
+    x₁ ↦ -x₁ exactly, p(x₁, x₂) = p(-x₁, x₂), with six separated, bent modes whose axes are tilted (not aligned with
+    the coordinates, nor with the circle through them).
+
+    The mirror of a `_Banana` at c = (c₁, c₂) with angle φ is the banana at (-c₁, c₂) with angle -φ (the same
+    length, width and bend): reflecting x = c + R_φ (z₁, z₂ + b z₁²) gives (-c₁, c₂) + R_{-φ} (-z₁, z₂ + b z₁²),
+    and -z₁ has the law of z₁. Each mode at x₁ > 0 bends towards the origin, its axis turned by `TILTS` from the
+    tangent there: φ = atan2(c₁, -c₂) + tilt. Pair weights 0.4, 0.35, 0.25, split equally within a pair."""
+
+    CENTRES = ((1.6, 2.0), (2.6, -0.4), (1.0, -2.4))  # the modes at x₁ > 0; their mirrors at -x₁
+    TILTS = (0.4, -0.3, 0.2)
+    PAIR_WEIGHTS = (0.4, 0.35, 0.25)
+
+    def __init__(self, *, length: float = 0.4, width: float = 0.12, bend: float = 1.0) -> None:
+        components, modes, weights = [], [], []
+        for (c1, c2), tilt, weight in zip(self.CENTRES, self.TILTS, self.PAIR_WEIGHTS):
+            angle = math.atan2(c1, -c2) + tilt
+            for sign in (1.0, -1.0):
+                centre = (sign * c1, c2)
+                components.append(_Banana(centre, sign * angle, length=length, width=width, bend=bend))
+                modes.append(centre)
+                weights.append(weight / 2)
+        modes = torch.tensor(modes, dtype=torch.float64)
+        super().__init__(weights, components, name="mirror_modes", modes=modes)
 
 
 # ---------------------------------------------------------------------------------------------------- D ≥ 10
@@ -896,6 +923,7 @@ _REGISTRY: dict[str, type[Target]] = {
     "stimper_two_moons": DualMoon,
     "stimper_circular_gmm": CircularGaussianMixture,
     "stimper_rings": RingMixture,
+    "mirror_modes": MirrorModes,
     "gaussian_mixture": GaussianMixture,
     "digits": Digits,
 }

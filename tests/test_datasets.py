@@ -20,6 +20,7 @@ from mog_flows.datasets import (
     CircularGaussianMixture,
     Digits,
     GaussianMixture,
+    MirrorModes,
     Moons,
     Pinwheel,
     RingMixture,
@@ -45,6 +46,7 @@ TOYS = (
     "stimper_two_moons",
     "stimper_circular_gmm",
     "stimper_rings",
+    "mirror_modes",
 )
 STIMPER = ("stimper_two_moons", "stimper_circular_gmm", "stimper_rings")
 
@@ -307,6 +309,24 @@ def test_ring_mixture_rejects_bad_arguments():
 
 
 # ------------------------------------------------------------------------------------------------ seeding
+def test_mirror_modes_is_symmetric_under_reflecting_the_first_coordinate():
+    target = MirrorModes()
+    x = torch.cat([target.sample(5000, seed=2, dtype=torch.float64), 5 * torch.randn(1000, 2, dtype=torch.float64)])
+    mirrored = x * torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    # the same terms summed in the other order of each pair: equal up to the rounding of logsumexp
+    torch.testing.assert_close(target.log_prob(mirrored), target.log_prob(x), rtol=0, atol=1e-12)
+    density, _ = grid_density("mirror_modes")  # [x₁ cell, x₂ cell]; the cell centres are symmetric up to rounding
+    torch.testing.assert_close(density.flip(0), density, rtol=1e-10, atol=1e-300)
+    modes = target.modes
+    assert modes.shape == (6, 2)
+    torch.testing.assert_close(modes[1::2], modes[0::2] * torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    separation = torch.cdist(modes, modes) + torch.eye(6, dtype=torch.float64) * 100
+    assert separation.min() > 1.9  # separated modes, more than 12 widths apart
+    samples = toy_samples("mirror_modes")
+    assert (samples[:, 0] > 0).double().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert samples[:, 0].mean().item() == pytest.approx(0, abs=0.02)
+
+
 @pytest.mark.parametrize("name", DATASETS)
 def test_sampling_is_reproducible_with_a_seed_and_differs_across_seeds(name):
     target = get_dataset(name)

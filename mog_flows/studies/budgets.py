@@ -4,7 +4,9 @@ Shapes: D features, K mixture components.
 
 A study compares models at equal budgets: the model with a mixture base sets the budget (a diagonal MoG base adds
 K(1 + 2D) parameters to its flow) and every other model gets the narrowest conditioner width whose parameter count
-is at least that budget, so that no advantage of the mixture is bought with parameters.
+is at least that budget, so that no advantage of the mixture is bought with parameters. Where one step of width
+changes the count by more than the tolerance a study allows, `closest_width` gives the width whose count is nearest
+the budget instead (the RAD study: every model within ±5 % of one budget).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..flows import build_flow
 __all__ = [
     "count_parameters",
     "narrowest_width",
+    "closest_width",
     "flow_parameters",
     "matched_hidden_features",
     "matched_rad_hidden_features",
@@ -47,6 +50,15 @@ def narrowest_width(parameters: Callable[[int], int], budget: int, *, start: int
         else:
             low = middle + 1
     return low
+
+
+def closest_width(parameters: Callable[[int], int], budget: int, *, start: int = 1) -> int:
+    """The width h ≥ `start` whose `parameters(h)` is nearest `budget` (a count that does not decrease with h): the
+    narrowest width at or over the budget, or the one below it when that is nearer (a tie goes to the wider)."""
+    wide = narrowest_width(parameters, budget, start=start)
+    if wide == start:
+        return wide
+    return wide - 1 if budget - parameters(wide - 1) < parameters(wide) - budget else wide
 
 
 def flow_parameters(

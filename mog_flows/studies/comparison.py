@@ -164,6 +164,9 @@ class RunSpec:
             `matched_hidden_features(...)` ≥ this.
         num_layers: flow layers (RAD: coupling layers).
         num_pieces: pieces per RAD layer (used by base "rad" only; not part of the other specs' keys).
+        match_budget: True: the widths above (the MoG flow at `hidden_features`, the others matched to its
+            budget); False: every model is built at width `hidden_features` as given (a study that matched the
+            budgets itself, e.g. `studies.rad`; part of the key only when False).
         num_train, num_val, num_test: split sizes for sampled targets (digits use their fixed splits).
         checkpoint_every: steps between validations; the best validated parameters are evaluated.
         density_resolution: when set and D = 2, also record the learned density on an R × R grid over
@@ -182,6 +185,7 @@ class RunSpec:
     hidden_features: int = 64
     num_layers: int = 4
     num_pieces: int = 3
+    match_budget: bool = True
     num_train: int = 50_000
     num_val: int = 5_000
     num_test: int = 10_000
@@ -198,6 +202,8 @@ class RunSpec:
             check_positive_int(name, getattr(self, name))
         if self.num_components is not None:
             check_positive_int("num_components", self.num_components)
+        if not isinstance(self.match_budget, bool):
+            raise TypeError(f"match_budget must be a bool; got {self.match_budget!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed must be a non-negative integer; got {self.seed!r}")
 
@@ -213,9 +219,20 @@ def default_num_components(target: Target) -> int:
 def _build_model(
     spec: RunSpec, features: int, num_components: int, train: torch.Tensor | None = None
 ) -> tuple[torch.nn.Module, int, int]:
-    """The spec's model with torch seeded by `spec.seed`: (model, its width, the MoG flow's parameter count).
-    `train`: the training data, which a peer initialises its base from (its own recommended way)."""
+    """The spec's model with torch seeded by `spec.seed`: (model, its width, the MoG flow's parameter count, of
+    `spec.transform` at `spec.hidden_features`). `train`: the training data, which a peer initialises its base from
+    (its own recommended way)."""
     widths = dict(num_layers=spec.num_layers, hidden_features=spec.hidden_features, num_components=num_components)
+    if not spec.match_budget and spec.base in ("rad", *BASES):  # the width as given, the budget the caller's
+        mog_count = flow_parameters(features, "mog", spec.transform, **widths)
+        torch.manual_seed(spec.seed)
+        if spec.base == "rad":
+            model = RAD(
+                features, num_pieces=spec.num_pieces, num_layers=spec.num_layers, hidden_features=spec.hidden_features
+            )
+        else:
+            model = build_flow(features, base=spec.base, transform=spec.transform, **widths)
+        return model, spec.hidden_features, mog_count
     if spec.base in PEERS:  # the smallest width with at least the MoG flow's parameters (±5 % where it can)
         mog_count = flow_parameters(features, "mog", spec.transform, **widths)
         matched = matched_peer(
@@ -269,7 +286,9 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     metrics ("nll", "nll_per_dim", "kl", "mode_coverage"; NaN where undefined), "best_step", "train_seconds",
     "seconds_per_step", "error" (empty, or the message of a diverged run, whose metrics are NaN) and, with
     `spec.density_resolution` and D = 2, "density" (R, R) float32 on the grid [y, x] and "samples"
-    (`NUM_SAMPLES_RECORDED`, D) float32."""
+    (`NUM_SAMPLES_RECORDED`, D) float32, and for RAD "assigned_points" (S, D), the first
+    S = min(N, `NUM_SAMPLES_RECORDED`) test points, with "pieces" (S, L, D_b) int64, their pieces per layer
+    (`RAD.assign`)."""
     target = get_dataset(spec.dataset)
     D = target.features
     K = spec.num_components or default_num_components(target)
@@ -322,6 +341,10 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         train_seconds=seconds,
         seconds_per_step=history.wall_time / max(history.steps, 1),
     )
+    if spec.density_resolution and D == 2 and spec.base == "rad":  # RAD's partition of the recorded test points
+        with torch.no_grad():
+            row["assigned_points"] = test[:NUM_SAMPLES_RECORDED].float().cpu()
+            row["pieces"] = flow.assign(row["assigned_points"])  # (S, L, D_b) int64
     if spec.density_resolution and D == 2:
         from ..plotting import density_on_grid
 
@@ -349,6 +372,8 @@ def spec_key(spec: RunSpec) -> str:
     fields = dataclasses.asdict(spec)
     if spec.base != "rad":
         del fields["num_pieces"]
+    if spec.match_budget:  # the keys of specs written before the field existed
+        del fields["match_budget"]
     if spec.base == "mog":  # how `fit` initialises the MoG base
         fields["affine_init_scale_factor"] = training.AFFINE_FLOW_INIT_SCALE_FACTOR
         fields["init_restarts"] = INIT_RESTARTS
@@ -366,9 +391,11 @@ def run_comparison(
     on_result: Callable[[int, int, dict[str, Any]], None] | None = None,
     cache_dir: str | os.PathLike | None = None,
     executor: concurrent.futures.Executor | None = None,
+    longest_first: bool = True,
 ) -> list[dict[str, Any]]:
     """`run_one` for every spec, through `study_runner.run_many`: rows in the order of `specs`, one torch thread
-    per run, a pool of `workers` spawned processes (longest runs first) when `workers > 1`, or any
+    per run, a pool of `workers` spawned processes (longest runs first, or in the order of `specs` with
+    `longest_first=False`, so that an interrupted study has the first specs' rows) when `workers > 1`, or any
     `concurrent.futures.Executor` (`executor`, e.g. a dask client's `get_executor()`), `on_result(done, total, row)`
     as each run finishes. With `cache_dir`, each finished row is saved there at once (`<spec_key(spec)>.pt`) and
     specs whose row is already there are not run again: a comparison that was killed resumes where it stopped."""
@@ -379,7 +406,7 @@ def run_comparison(
         workers=workers,
         on_result=on_result,
         cache_dir=cache_dir,
-        cost=_cost,
+        cost=_cost if longest_first else None,
         executor=executor,
     )
 
@@ -778,7 +805,9 @@ def _parser(default_out: Path) -> argparse.ArgumentParser:
     return parser
 
 
-def run_study(specs: Sequence[RunSpec], out: Path, name: str, *, workers: int = 1) -> tuple[list[dict[str, Any]], Path]:
+def run_study(
+    specs: Sequence[RunSpec], out: Path, name: str, *, workers: int = 1, longest_first: bool = True
+) -> tuple[list[dict[str, Any]], Path]:
     """`run_comparison` for a study's command line: a progress line per finished run, rows cached in
     `out/.NAME_cache/` so that the same command resumes an interrupted study. Returns the rows and the cache folder,
     which the caller removes once every row is in its result files."""
@@ -787,7 +816,7 @@ def run_study(specs: Sequence[RunSpec], out: Path, name: str, *, workers: int = 
 
     def progress(done: int, total: int, row: dict[str, Any]) -> None:
         status = row["error"].splitlines()[0] if row["error"] else f"NLL {row['nll']:.4f}, KL {row['kl']:.4f}"
-        model = row["base"] if row["base"] == "rad" else f"{row['transform']} {row['base']}"  # RAD: no transform
+        model = f"rad K={row['num_pieces']}" if row["base"] == "rad" else f"{row['transform']} {row['base']}"
         print(
             f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {row['dataset']} {model} seed {row['seed']}: "
             f"{status} ({row['parameters']} parameters, "
@@ -798,7 +827,8 @@ def run_study(specs: Sequence[RunSpec], out: Path, name: str, *, workers: int = 
     cache_dir = out / f".{name}_cache"
     if any(cache_dir.glob("*.pt")):
         print(f"resuming: runs already in {cache_dir} are not run again")
-    return run_comparison(specs, workers=workers, on_result=progress, cache_dir=cache_dir), cache_dir
+    rows = run_comparison(specs, workers=workers, on_result=progress, cache_dir=cache_dir, longest_first=longest_first)
+    return rows, cache_dir
 
 
 def main(argv: Sequence[str] | None = None, *, default_out: str | os.PathLike = ".") -> list[dict]:

@@ -11,6 +11,7 @@ import torch
 from mog_flows import build_flow
 from mog_flows.baselines import RAD
 from mog_flows.studies.budgets import (
+    closest_width,
     count_parameters,
     matched_hidden_features,
     matched_rad_hidden_features,
@@ -33,6 +34,18 @@ def test_narrowest_width_is_the_smallest_width_at_or_over_the_budget(start, budg
 
     expected = next(h for h in range(start, 10_000) if square(h) >= budget)
     assert narrowest_width(square, budget, start=start) == expected
+
+
+@pytest.mark.parametrize("start", [1, 2, 7, 40])
+@pytest.mark.parametrize("budget", [0, 1, 40, 1600, 1601, 1640, 1641, 10_000])
+def test_closest_width_is_the_width_whose_count_is_nearest_the_budget(start, budget):
+    def square(width):
+        return width * width
+
+    widths = range(start, 10_000)
+    nearest = min(abs(square(h) - budget) for h in widths)
+    expected = max(h for h in widths if abs(square(h) - budget) == nearest)  # a tie goes to the wider
+    assert closest_width(square, budget, start=start) == expected
 
 
 def test_narrowest_width_refuses_a_start_below_one():

@@ -36,6 +36,18 @@ def test_the_rad_report_follows_from_its_rows(tmp_path, capsys):
     assert (tmp_path / "rad_comparison.md").read_text() == (RESULTS / "rad_comparison.md").read_text()
 
 
+def test_the_rad_learning_rates_are_the_ones_the_committed_selection_chose(tmp_path):
+    rows = rad.read_rad_results(RESULTS, "rad_comparison_lr")
+    assert {model: choice["lr"] for model, choice in rad.select_learning_rates(rows).items()} == rad.LEARNING_RATES
+    assert {row["seed"] for row in rows} == {rad.LR_SEED} and {row["dataset"] for row in rows} == set(rad.LR_TARGETS)
+    rad.write_lr_markdown(rows, tmp_path / "rad_comparison_lr.md")
+    committed = (RESULTS / "rad_comparison_lr.md").read_text()
+    assert (tmp_path / "rad_comparison_lr.md").read_text() == committed
+    reported = rad.read_rad_results(RESULTS, "rad_comparison")
+    assert rad.LR_SEED not in {row["seed"] for row in reported}
+    assert all(row["lr"] == rad.LEARNING_RATES[row["model"]] for row in reported)
+
+
 @pytest.mark.parametrize("study", ["jensen_warmup", "collinearity"])
 def test_the_mdn_training_reports_follow_from_their_rows(tmp_path, study):
     import re

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mog_flows.baselines import RAD
 from mog_flows.datasets import get_dataset
 from mog_flows.studies import comparison, report
 from mog_flows.studies.comparison import (
@@ -235,6 +236,38 @@ def test_num_pieces_is_part_of_the_key_of_rad_specs_only():
     assert comparison.spec_key(rad) != comparison.spec_key(dataclasses.replace(rad, num_pieces=5))
     with pytest.raises(ValueError, match="num_pieces must be a positive integer"):
         RunSpec("grid", "rad", "nsf", num_pieces=0)
+
+
+def test_run_one_records_rads_partition_of_test_points_with_the_figures():
+    row = run_one(RunSpec("moons", "rad", "realnvp", num_pieces=3, density_resolution=10, **TINY))
+    points, pieces = row["assigned_points"], row["pieces"]
+    assert points.shape == (TINY["num_test"], 2) and pieces.shape == (TINY["num_test"], 2, 1)  # S = min(N, 2000)
+    _, _, test = comparison._splits(get_dataset("moons"), RunSpec("moons", "rad", "realnvp", **TINY))
+    torch.testing.assert_close(points, test[: points.shape[0]])  # the run's own test points
+    assert pieces.dtype == torch.int64 and 0 <= pieces.min() and pieces.max() < 3
+    assert "pieces" not in run_one(RunSpec("moons", "rad", "realnvp", **TINY))  # figures only with densities
+    assert "pieces" not in run_one(RunSpec("moons", "mog", "realnvp", density_resolution=10, **TINY))
+
+
+@pytest.mark.parametrize("base", ["gaussian", "mog", "rad"])
+def test_match_budget_false_builds_every_model_at_the_width_given(base):
+    tiny = {**TINY, "hidden_features": 5}
+    spec = RunSpec("grid", base, "realnvp", num_pieces=5, match_budget=False, **tiny)
+    row = run_one(spec)
+    assert row["hidden_features"] == 5
+    if base == "rad":
+        expected = comparison.count_parameters(RAD(2, num_pieces=5, num_layers=2, hidden_features=5))
+    else:
+        flow = comparison.build_flow(
+            2, base=base, transform="realnvp", num_layers=2, hidden_features=5, num_components=row["num_components"]
+        )
+        expected = comparison.count_parameters(flow)
+    assert row["parameters"] == expected
+    matched = RunSpec("grid", base, "realnvp", num_pieces=5, **tiny)
+    assert comparison.spec_key(spec) != comparison.spec_key(matched)
+    assert comparison.spec_key(matched) == comparison.spec_key(dataclasses.replace(matched, match_budget=True))
+    with pytest.raises(TypeError, match="match_budget must be a bool"):
+        RunSpec("grid", base, "realnvp", match_budget=1)
 
 
 def test_paired_differences_between_any_two_models():

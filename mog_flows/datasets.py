@@ -756,6 +756,8 @@ class RingMixture(Target):
         radius = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (N, 1)
         log_rings = -((radius - self.radii.to(x.device)) ** 2) / (2 * self.noise**2)  # (N, 1) - (K,) -> (N, K)
         return torch.logsumexp(log_rings, dim=-1) - self.log_normaliser
+
+
 class MirrorModes(ShapeMixture):
     """Three pairs of banana-shaped modes, each pair mirrored across the x₂ axis: the density is symmetric under
     x₁ ↦ -x₁ exactly, p(x₁, x₂) = p(-x₁, x₂), with six separated, bent modes whose axes are tilted (not aligned with

@@ -310,6 +310,6 @@ def test_default_targets_are_named_and_leave_out_the_stimper_problems():
     assert set(DEFAULT_DATASETS) <= set(DATASETS)
     assert not [name for name in DEFAULT_DATASETS if name.startswith("stimper_")]
     # the Stimper problems have their own protocol; mirror_modes (the RAD study's folding target) was added after
-    # the full run the report holds, and joins it when the comparison is next run in full
+    # the full run the report holds, so it is left out until the comparison is next run in full
     left_out = {"stimper_two_moons", "stimper_circular_gmm", "stimper_rings", "mirror_modes"}
     assert set(DATASETS) - set(DEFAULT_DATASETS) == left_out

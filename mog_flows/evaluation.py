@@ -64,7 +64,9 @@ def grid_kl(
     sum up to its cell area, 36 / 300² against the grid's (6 / 299)² (a factor 0.9933).
 
     Args:
-        log_p, log_q: callables mapping float64 points (R², 2) to log-densities (R²,) (any dtype; made float64).
+        log_p: a callable mapping float64 points (R², 2) to the target's log-densities (R²,) (any dtype; made
+            float64).
+        log_q: the same for the model.
         bounds: half-width b of the square [-b, b]².
         resolution: R, points per axis.
     """

@@ -88,12 +88,17 @@ def read_csv(path: str | os.PathLike, *, integers: Collection[str] = (), texts: 
         return [{key: parse(key, value) for key, value in row.items()} for row in csv.DictReader(file)]
 
 
-def write_arrays(rows: Iterable[Row], path: str | os.PathLike, field: str, *, key: Sequence[str] = ROW_KEY) -> None:
+def write_arrays(
+    rows: Iterable[Row], path: str | os.PathLike, field: str, *, key: Sequence[str] = ROW_KEY, dtype: str | None = None
+) -> None:
     """The tensors the rows hold under `field` as a compressed .npz, one array per row named `row_key(row, key)`
-    (rows without `field` are left out)."""
+    (rows without `field` are left out), stored as `dtype` when given (e.g. "float16" for arrays kept for
+    figures only)."""
     import numpy as np
 
     arrays = {row_key(row, key): torch.as_tensor(row[field]).numpy() for row in rows if field in row}
+    if dtype is not None:
+        arrays = {name: array.astype(dtype) for name, array in arrays.items()}
     np.savez_compressed(path, **arrays)
 
 

@@ -33,7 +33,7 @@ from ..checks import check_positive_int
 from ..flows import build_flow
 from ..simplex import simplex_flow
 from . import report
-from .maxent_heldout import fit_and_measure
+from .maxent_heldout import CSV_COLUMNS, fit_and_measure  # the same row: one writer's columns
 from .maxent_problems import MaxEntProblem, bimodal_problem, dirichlet_problem
 from .runner import run_many
 
@@ -81,21 +81,6 @@ def run_defaults(spec: DefaultsSpec) -> dict:
     flow = defaults_flow(spec.problem, spec.seed)
     row, _ = fit_and_measure(flow, problem, steps=spec.steps, seed=spec.seed, eval_samples=spec.eval_samples)
     return {"problem": spec.problem, "seed": spec.seed, **row}
-
-
-CSV_COLUMNS = [
-    "problem",
-    "seed",
-    "entropy",
-    "true_entropy",
-    "entropy_gap",
-    "kl",
-    "kl_std_error",
-    "max_standardized_violation",
-    "converged",
-    "steps_taken",
-    "seconds",
-]
 
 
 def meets(row: dict) -> bool:

@@ -41,7 +41,11 @@ __all__ = ["CANDIDATES", "CHOSEN", "DEVELOPMENT", "TuningSpec", "run_tuning", "s
 # The candidates of the sweep: fit_maxent keyword arguments, plus "estimator" for the mixture base (a candidate
 # without one trains the base's default "exact"; fit_maxent is called with estimator=None so that it does not
 # switch it). "paper" is the defaults before this sweep (the MEFN paper's schedule, per-constraint scaling, no
-# stationarity test). The winner, `CHOSEN`, is fit_maxent's defaults (a test keeps the two equal).
+# stationarity test). The sweep's candidates were run with 32 test batches (then the default), pinned here so that
+# the committed table stays reproducible. The winner, `CHOSEN`, is fit_maxent's defaults (a test keeps the two
+# equal): the sweep's winner with 128 test batches, a change chosen afterwards on the development problems of
+# `studies.maxent_defaults` (seeds 0-2; docs/studies/maxent.md), not run in this sweep.
+_SWEPT = dict(test_batches=32)
 CANDIDATES: dict[str, dict] = {
     "paper": dict(
         metric="scale",
@@ -52,20 +56,38 @@ CANDIDATES: dict[str, dict] = {
         lr=1e-3,
         final_lr=None,
         max_penalty=None,
+        **_SWEPT,
     ),
     "study": dict(
-        metric="scale", stationarity_tolerance=None, gamma=0.9, beta=2.0, max_penalty=16.0, lr=1e-3, final_lr=1e-4
+        metric="scale",
+        stationarity_tolerance=None,
+        gamma=0.9,
+        beta=2.0,
+        max_penalty=16.0,
+        lr=1e-3,
+        final_lr=1e-4,
+        **_SWEPT,
     ),
-    "whiten": dict(metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=1e-3, final_lr=1e-4),
-    "whiten-lr3e-3": dict(metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=3e-3, final_lr=1e-4),
+    "whiten": dict(metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=1e-3, final_lr=1e-4, **_SWEPT),
+    "whiten-lr3e-3": dict(metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=3e-3, final_lr=1e-4, **_SWEPT),
     "whiten-lr3e-3-e250": dict(
-        metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=3e-3, final_lr=1e-4, epoch_steps=250
+        metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=3e-3, final_lr=1e-4, epoch_steps=250, **_SWEPT
     ),
     "whiten-lr3e-3-pathwise": dict(
-        metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=3e-3, final_lr=1e-4, estimator="pathwise"
+        metric="whiten", gamma=0.5, beta=2.0, max_penalty=16.0, lr=3e-3, final_lr=1e-4, estimator="pathwise", **_SWEPT
+    ),
+    "whiten-lr3e-3-pathwise-t128": dict(
+        metric="whiten",
+        gamma=0.5,
+        beta=2.0,
+        max_penalty=16.0,
+        lr=3e-3,
+        final_lr=1e-4,
+        estimator="pathwise",
+        test_batches=128,
     ),
 }
-CHOSEN = "whiten-lr3e-3-pathwise"
+CHOSEN = "whiten-lr3e-3-pathwise-t128"
 DEVELOPMENT = ("dirichlet", "bimodal-1d", "bimodal-2d")
 SEEDS = (100, 101)
 _FORMAT = "maxent-tuning/1"

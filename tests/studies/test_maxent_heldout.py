@@ -72,3 +72,23 @@ def test_the_validation_run_works_end_to_end_with_smoke_settings(tmp_path):
     assert all(row["steps_taken"] == 4 and math.isfinite(row["entropy_gap"]) for row in rows)
     text = (tmp_path / "maxent_heldout_quick.md").read_text()
     assert "| beta-bounded | 0 |" in text and "not on: beta-bounded, mixed-scales-2d" in text
+
+
+def test_the_row_measures_the_delivered_flow_on_the_studys_own_samples():
+    """H(q), its standard error and the violations come from `eval_samples` fresh samples (seeded 10 000 + seed),
+    not from fit_maxent's own 2¹⁵: recomputed here from the same samples they agree to rounding."""
+    problem = heldout_problem("beta-bounded")
+    flow = heldout_flow("beta-bounded", seed=0)
+    settings = dict(epoch_steps=2, batch_size=16, test_batches=2)
+    row, result = maxent_heldout.fit_and_measure(flow, problem, steps=4, seed=0, eval_samples=4096, **settings)
+    torch.manual_seed(10_000)
+    with torch.no_grad():
+        x = flow.sample(4096)
+        log_q = flow.log_prob(x).double()
+        violation = (problem.statistic(x.double()).mean(0) - problem.target) / result.scale.double()
+    assert row["eval_samples"] == 4096
+    assert row["entropy"] == pytest.approx(-log_q.mean().item(), rel=1e-12)
+    assert row["entropy_std_error"] == pytest.approx(log_q.std().item() / 64, rel=1e-12)
+    assert row["entropy_gap"] == pytest.approx(abs(row["entropy"] - problem.entropy), rel=1e-12)
+    assert row["max_standardized_violation"] == pytest.approx(violation.abs().max().item(), rel=1e-12)
+    assert row["entropy"] != result.entropy  # fit_maxent measures its own 2¹⁵ samples

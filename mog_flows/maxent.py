@@ -614,7 +614,7 @@ def fit_maxent(
             authors use 1000 batches of 1000). The default 128 (65 536 samples at B = 512, about 6 % of a 500-step
             epoch's time) resolves standardised violations of about 0.01: with 32 the stopping test could not see
             violations of 0.01–0.02, and the development Dirichlet stopped there with |ΔH| ≈ 0.011
-            (docs/studies/maxent.md, "Defaults only").
+            (docs/studies/maxent.md, the studies' own problems with the defaults only).
         eval_samples: exact samples for the final entropy and violation.
         temperature_schedule: (start, end): anneal the τ of every `MixtureOfGaussians` geometrically from start
             (first step) to end (last step); "auto": from the current τ to `FINAL_TEMPERATURE` when a mixture base

@@ -189,7 +189,10 @@ def test_recovers_the_standard_normal_from_its_first_two_moments():
     assert abs(result.entropy - GAUSSIAN_ENTROPY) < 0.05
     assert result.violation.abs().max().item() < 0.05
     assert result.entropy_std_error < 0.01
+    # q ∝ exp(-λᵀT): N(0, 1) ∝ exp(-x²/2) has λ = (0, ½), the sign under which λᵀR is the entropy's excess
+    torch.testing.assert_close(result.multipliers, torch.tensor([0.0, 0.5]), atol=0.06, rtol=0)
     history = result.history
+    assert abs(history.entropy_excess[-1]) < 0.005  # the default entropy_tolerance, met where the run stopped
     assert len(history.entropy) == len(history.exact_entropy) == len(history.penalty) == history.epochs
     assert history.violation_norm[0] > history.violation_norm[-1]
     # an exact estimator's training-time estimates are the exact ones
@@ -594,6 +597,8 @@ def conditional_flow():
             r"max_penalty must be None or a finite number ≥ penalty = 2.0; got 1.0",
         ),
         (moments, [0.0, 1.0], None, dict(max_penalty=math.inf), r"max_penalty must be None or a finite number"),
+        (moments, [0.0, 1.0], None, dict(entropy_tolerance=0.0), r"entropy_tolerance must be a number > 0 or None"),
+        (moments, [0.0, 1.0], None, dict(entropy_tolerance="0.01"), r"entropy_tolerance must be a number > 0"),
     ],
 )
 def test_bad_input_is_refused(statistic, target, make_flow, kwargs, match):
@@ -924,3 +929,56 @@ def test_auto_trains_an_exact_diagonal_base_pathwise_and_gives_it_back():
     assert not torch.equal(weights[0], weights[2])
     with pytest.raises(ValueError, match=r'estimator must be "auto" or None'):
         fit_maxent(mixture_flow(), moments, FAR_TARGET, estimator="pathwise", **SMOKE)
+
+
+def test_the_history_records_the_first_order_effect_of_the_violations_on_the_entropy():
+    """entropy_excess = λᵀR̂, λ the epoch's standardised multipliers (history.multipliers · scale) and R̂ the test's
+    standardised violations: 0 in the first epoch (λ = 0), and with a standard error from the test samples."""
+    _, result = trained(moments, [0.0, 1.0])
+    history = result.history
+    assert history.epochs == 2 and history.entropy_excess[0] == 0.0
+    for e in range(history.epochs):
+        multipliers = torch.tensor(history.multipliers[e], dtype=DOUBLE) * result.scale
+        violation = torch.tensor(history.constraint_violation[e], dtype=DOUBLE)
+        assert history.entropy_excess[e] == pytest.approx((multipliers @ violation).item(), rel=1e-6)
+    assert history.entropy_excess[1] != 0.0 and history.entropy_excess_std_error[1] > 0
+    assert len(history.entropy_excess_std_error) == history.epochs
+
+
+def test_the_entropy_excess_is_what_the_violations_cost_in_entropy_to_first_order():
+    """For the answer p = N(0, 1) of E[x] = 0, E[x²] = 1 (λ* = (0, ½)) and q = N(0, σ²): H(q) - H(p) = log σ and
+    λ*ᵀR - KL(q ‖ p) = ½(σ² - 1) - ½(σ² - 1 - log σ²) agree, and λ*ᵀR is their first-order part."""
+    for sigma in (0.9, 0.99, 1.01, 1.1):
+        excess = 0.5 * (sigma**2 - 1)  # λ*ᵀR, R = (0, σ² - 1) in the raw units of T
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Normal(0.0, sigma), torch.distributions.Normal(0.0, 1.0)
+        ).item()
+        assert excess - kl == pytest.approx(math.log(sigma), abs=1e-7)
+        assert abs(excess - math.log(sigma)) < 2 * (sigma - 1) ** 2  # the gap is KL: second order in σ - 1
+
+
+def test_a_run_whose_violations_still_move_the_entropy_warns_about_that():
+    flow = mixture_flow("pathwise")
+    with pytest.warns(MaxEntNotConvergedWarning, match=r"still move the entropy by λᵀR̂ = [+-]\d") as record:
+        result = fit_maxent(flow, moments, [0.0, 1.0], stationarity_tolerance=None, entropy_tolerance=1e-12, **SHORT)
+    assert not result.converged
+    assert abs(result.history.entropy_excess[-1]) >= 1e-12
+    assert "(tolerance 1e-12)" in str(record[0].message)
+
+
+def test_the_entropy_test_only_ever_delays_the_stop():
+    """The converging run of the standard normal: without the entropy test it stops no later, and with an
+    impossible tolerance it never stops; the trajectory is the same up to the earlier stop."""
+    kwargs = dict(steps=3000, batch_size=256, epoch_steps=300, lr=1e-3, test_batches=32, eval_samples=2**12)
+    runs = {}
+    for tolerance in (None, 0.005, 1e-12):
+        flow = mixture_flow("pathwise")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MaxEntNotConvergedWarning)
+            runs[tolerance] = fit_maxent(
+                flow, moments, [0.0, 1.0], entropy_tolerance=tolerance, progress=False, **kwargs
+            )
+    assert runs[None].converged and runs[None].steps <= runs[0.005].steps
+    assert not runs[1e-12].converged and runs[1e-12].steps == 3000
+    shared = runs[None].history.epochs
+    assert runs[1e-12].history.exact_entropy[:shared] == runs[None].history.exact_entropy

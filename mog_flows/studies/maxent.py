@@ -307,9 +307,11 @@ def _fit(spec: Spec, flow, problem) -> MaxEntResult:
         progress=False,
         stop_early=False,  # equal steps for every run
         # the schedule these studies were run with (before the development sweep chose fit_maxent's defaults):
-        # per-constraint scaling, no stationarity test, each base trained with its own estimator
+        # per-constraint scaling, no stationarity test nor test in entropy units, each base trained with its own
+        # estimator
         metric="scale",
         stationarity_tolerance=None,
+        entropy_tolerance=None,
         estimator=None,
     )
 

@@ -46,7 +46,7 @@ PROBLEMS: dict[str, tuple[Callable[[], MaxEntProblem], str]] = {
 }
 # the studies' targets: problem -> (largest |ΔH| or None, largest KL(q‖p))
 TARGETS = {"dirichlet": (0.01, 0.01), "bimodal-1d": (None, 0.02), "bimodal-2d": (None, 0.02)}
-_FORMAT = "maxent-defaults/2"  # 2: H(q) and the violation measured on the study's samples
+_FORMAT = "maxent-defaults/3"  # 2: H(q) and the violation measured on the study's samples; 3: the entropy test
 
 
 def defaults_problem(name: str) -> MaxEntProblem:

@@ -1070,8 +1070,8 @@ class _Run:
         annealed = self.schedule is None or self.step >= self.steps
         tolerance = self.settings.stationarity_tolerance
         stationary = tolerance is None or stationarity < tolerance
-        tolerance = self.settings.entropy_tolerance
-        small_excess = tolerance is None or abs(history.entropy_excess[-1]) < tolerance
+        entropy_tolerance = self.settings.entropy_tolerance
+        small_excess = entropy_tolerance is None or abs(history.entropy_excess[-1]) < entropy_tolerance
         self.converged = update.converged and annealed and stationary and small_excess
 
     def _set_whitening(self, standardized: Tensor) -> None:
